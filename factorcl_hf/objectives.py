@@ -1,0 +1,453 @@
+"""Contrastive objectives over a pair of backbone features: FactorCL and its baselines.
+
+Every objective owns its projection heads and critics and has the same interface:
+
+* ``forward(features_1, features_2, labels=None, augmented_1=None, augmented_2=None)``
+  returns an :class:`ObjectiveOutput` — the loss, each term by name, the representations;
+* ``represent(features, modality)`` gives the embeddings of one modality (no loss);
+* ``similarity(features_1, features_2)`` scores all pairs in the shared space;
+* ``club_critic_parameters()`` / ``main_parameters()`` split the parameters for two
+  optimizers, and ``critic_loss(output.critic_inputs)`` trains the CLUB critics on the
+  detached features of the same step (see :func:`train_club_critics`).
+
+Losses are sums of signed MI bounds (``-lower + upper``), so an objective's loss equals
+``CLIP loss − log B`` for the CLIP/SimCLR objective; only differences matter for training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .distributed import gather_features
+from .estimators import (
+    NCECLUBEstimator,
+    build_critic,
+    check_features,
+    condition_on,
+    infonce_lower_bound,
+    symmetric_infonce,
+)
+
+__all__ = [
+    "OBJECTIVES",
+    "ObjectiveOutput",
+    "Representation",
+    "ProjectionHead",
+    "ModalityHeads",
+    "ContrastiveObjective",
+    "FactorCLObjective",
+    "SimCLRObjective",
+    "CrossSelfObjective",
+    "SupConObjective",
+    "build_objective",
+    "train_club_critics",
+]
+
+# Head roles of FactorCL (FACTORCL.md): the six terms use five heads per modality.
+SHARED, SHARED_COND, UNIQUE, UNIQUE_LABEL, UNIQUE_COND = (
+    "shared", "shared_cond", "unique", "unique_label", "unique_cond"
+)
+FACTORCL_ROLES = (SHARED, SHARED_COND, UNIQUE, UNIQUE_LABEL, UNIQUE_COND)
+# Roles whose outputs on the augmented view condition (SSL) a term.
+SSL_CONDITIONED_ROLES = (SHARED_COND, UNIQUE_LABEL, UNIQUE_COND)
+
+
+@dataclass
+class Representation:
+    """Embeddings of one modality.
+
+    ``alignment`` is the part compared across modalities by :meth:`similarity` (CLIP-style
+    retrieval); ``shared`` is Z_S and ``unique`` is Z_U of the paper (``None`` for objectives
+    that do not factorize).
+    """
+
+    alignment: torch.Tensor
+    shared: torch.Tensor
+    unique: torch.Tensor | None = None
+
+    @property
+    def factorized(self) -> torch.Tensor:
+        """``[Z_S; Z_U]``: the paper's downstream embedding for this modality."""
+        return self.shared if self.unique is None else torch.cat([self.shared, self.unique], dim=-1)
+
+
+@dataclass
+class ObjectiveOutput:
+    loss: torch.Tensor
+    loss_terms: dict[str, torch.Tensor]
+    representations: tuple[Representation, Representation]
+    # Detached (x, y) pairs the CLUB critics train on, for `critic_loss`.
+    critic_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    critic_loss: torch.Tensor | None = None
+
+
+class ProjectionHead(nn.Sequential):
+    """Linear → ReLU → Linear, the SimCLR projection head."""
+
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int):
+        super().__init__(nn.Linear(in_dim, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, out_dim))
+
+
+class ModalityHeads(nn.Module):
+    """The projection heads of one modality, by role.
+
+    With ``factorized=False`` a single head serves every role (the OurCL ablation: the same
+    objective on one representation).
+    """
+
+    def __init__(self, roles: tuple[str, ...], in_dim: int, hidden_dim: int, out_dim: int, factorized: bool = True):
+        super().__init__()
+        self.roles = roles
+        self.factorized = factorized
+        names = roles if factorized else ("joint",)
+        self.heads = nn.ModuleDict({name: ProjectionHead(in_dim, hidden_dim, out_dim) for name in names})
+
+    def forward(self, features: torch.Tensor, roles: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+        roles = roles or self.roles
+        if not self.factorized:
+            joint = self.heads["joint"](features)
+            return {role: joint for role in roles}
+        return {role: self.heads[role](features) for role in roles}
+
+
+def _detach_pair(pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    return pair[0].detach(), pair[1].detach()
+
+
+class ContrastiveObjective(nn.Module):
+    """Base class: input validation, heads per modality, parameter groups, similarity."""
+
+    roles: tuple[str, ...] = (SHARED,)
+    requires_labels = False
+    requires_augmented = False
+
+    def __init__(
+        self,
+        input_dims: tuple[int, int],
+        head_dim: int = 128,
+        head_hidden_dim: int = 512,
+        num_labels: int | None = None,
+        factorized: bool = True,
+        temperature: float = 0.1,
+    ):
+        super().__init__()
+        if len(input_dims) != 2 or any(int(d) < 1 for d in input_dims):
+            raise ValueError(f"`input_dims` must be two positive feature sizes, got {input_dims}")
+        if self.requires_labels and (num_labels is None or num_labels < 2):
+            raise ValueError(f"`num_labels` must be >= 2 for {type(self).__name__}, got {num_labels}")
+        self.input_dims = tuple(int(d) for d in input_dims)
+        self.num_labels = num_labels
+        self.head_dim = head_dim
+        self.temperature = temperature
+        self.heads = nn.ModuleList(
+            ModalityHeads(self.roles, dim, head_hidden_dim, head_dim, factorized) for dim in self.input_dims
+        )
+        # Scores pairs in the shared space (`similarity`, retrieval logits); subclasses may
+        # replace it with a trained critic.
+        self.alignment_critic: nn.Module = build_critic("cosine", head_dim, head_dim, temperature=temperature)
+
+    # ----------------------------------------------------------------- inference
+    def represent(self, features: torch.Tensor, modality: int) -> Representation:
+        check_features(f"features_{modality + 1}", features, self.input_dims[modality], check_finite=False)
+        heads = self.heads[modality](features)
+        return self._representation(heads)
+
+    def _representation(self, heads: dict[str, torch.Tensor]) -> Representation:
+        return Representation(alignment=heads[SHARED], shared=heads[SHARED])
+
+    def similarity(self, features_1: torch.Tensor, features_2: torch.Tensor) -> torch.Tensor:
+        """``[N1, N2]`` scores of every modality-1 sample against every modality-2 sample."""
+        return self.alignment_critic(self.represent(features_1, 0).alignment, self.represent(features_2, 1).alignment)
+
+    # ------------------------------------------------------------ parameters
+    def club_critic_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained only by :meth:`critic_loss` (their own optimizer)."""
+        return [p for m in self.modules() if isinstance(m, NCECLUBEstimator) for p in m.parameters()]
+
+    def main_parameters(self) -> list[nn.Parameter]:
+        club = {id(p) for p in self.club_critic_parameters()}
+        return [p for p in self.parameters() if id(p) not in club]
+
+    def critic_loss(self, critic_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
+        """Sum of the CLUB critics' losses on detached inputs (``None`` if there are none)."""
+        return None
+
+    # ------------------------------------------------------------ validation
+    def _validate(self, features, labels, augmented):
+        batch = None
+        for m, feats in enumerate(features):
+            check_features(f"features_{m + 1}", feats, self.input_dims[m], batch_size=batch)
+            batch = feats.shape[0]
+        if batch < 2:
+            raise ValueError(
+                "`features_1` has batch size 1: contrastive objectives need at least 2 samples per batch"
+            )
+        if self.requires_augmented:
+            for m, aug in enumerate(augmented):
+                if aug is None:
+                    raise ValueError(
+                        f"`augmented_{m + 1}` is required by {type(self).__name__} (features of an augmented view)"
+                    )
+                check_features(f"augmented_{m + 1}", aug, self.input_dims[m], batch_size=batch)
+        if self.requires_labels:
+            if labels is None:
+                raise ValueError(f"`labels` are required by {type(self).__name__}")
+            if labels.dim() != 1 or labels.shape[0] != batch:
+                raise ValueError(f"`labels` must have shape [{batch}], got {tuple(labels.shape)}")
+            if labels.is_floating_point() or labels.is_complex():
+                raise ValueError(f"`labels` must be an integer tensor, got {labels.dtype}")
+            if labels.min() < 0 or labels.max() >= self.num_labels:
+                raise ValueError(
+                    f"`labels` must be in [0, {self.num_labels - 1}] (num_labels={self.num_labels}), "
+                    f"got values in [{int(labels.min())}, {int(labels.max())}]"
+                )
+
+    def forward(
+        self,
+        features_1: torch.Tensor,
+        features_2: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        augmented_1: torch.Tensor | None = None,
+        augmented_2: torch.Tensor | None = None,
+        compute_critic_loss: bool = True,
+    ) -> ObjectiveOutput:
+        features = (features_1, features_2)
+        augmented = (augmented_1, augmented_2)
+        self._validate(features, labels, augmented)
+        return self._loss(features, labels, augmented, compute_critic_loss)
+
+    def _loss(self, features, labels, augmented, compute_critic_loss) -> ObjectiveOutput:
+        raise NotImplementedError
+
+
+class FactorCLObjective(ContrastiveObjective):
+    """FactorCL: six MI bounds over five head pairs (FACTORCL.md).
+
+    ``supervised=True`` conditions on the one-hot label (FactorCL-SUP); ``supervised=False``
+    replaces the label by the heads' outputs on augmented views (FactorCL-SSL), in the CLUB
+    term *and* in its critic's training. ``factorized=False`` is the OurCL ablation.
+    """
+
+    roles = FACTORCL_ROLES
+
+    def __init__(
+        self,
+        input_dims: tuple[int, int],
+        supervised: bool,
+        factorized: bool = True,
+        num_labels: int | None = None,
+        head_dim: int = 128,
+        head_hidden_dim: int = 512,
+        critic_type: str = "concat",
+        critic_hidden_dim: int = 512,
+        critic_num_hidden_layers: int = 1,
+        critic_embed_dim: int = 128,
+        alignment_critic_type: str = "concat",
+        temperature: float = 0.1,
+        critic_chunk_size: int | None = None,
+    ):
+        self.requires_labels = supervised
+        self.requires_augmented = not supervised
+        super().__init__(input_dims, head_dim, head_hidden_dim, num_labels, factorized, temperature)
+        self.supervised = supervised
+        self.factorized = factorized
+
+        def critic(x_dim, y_dim, kind=critic_type):
+            return build_critic(
+                kind, x_dim, y_dim, critic_hidden_dim, critic_num_hidden_layers, critic_embed_dim,
+                temperature, critic_chunk_size,
+            )
+
+        # What conditions a term: the one-hot label (SUP) or the augmented view's head (SSL).
+        cond_dim = num_labels if supervised else head_dim
+        # 1. I(X1; X2) — also scores retrieval (`similarity`).
+        self.alignment_critic = critic(head_dim, head_dim, alignment_critic_type)
+        # 2. I(X1; X2 | Y), upper bound.
+        self.club_shared_cond = NCECLUBEstimator(critic(head_dim + cond_dim, head_dim + cond_dim))
+        # 3. I(X1; X2), upper bound on the unique heads.
+        self.club_unique = NCECLUBEstimator(critic(head_dim, head_dim))
+        # 4, 5. I(Xi; Y), one critic per modality.
+        self.label_critics = nn.ModuleList(critic(head_dim, cond_dim) for _ in range(2))
+        # 6. I(X1; X2 | Y), lower bound.
+        self.unique_cond_critic = critic(head_dim + cond_dim, head_dim + cond_dim)
+
+    def _representation(self, heads):
+        if not self.factorized:
+            return Representation(alignment=heads[SHARED], shared=heads[SHARED])
+        return Representation(
+            alignment=heads[SHARED],
+            shared=torch.cat([heads[SHARED], heads[SHARED_COND]], dim=-1),
+            unique=torch.cat([heads[UNIQUE], heads[UNIQUE_LABEL], heads[UNIQUE_COND]], dim=-1),
+        )
+
+    def _loss(self, features, labels, augmented, compute_critic_loss):
+        heads = [self.heads[m](features[m]) for m in range(2)]
+        representations = tuple(self._representation(h) for h in heads)
+        if self.supervised:
+            conditions = [None, None]
+        else:
+            conditions = [self.heads[m](augmented[m], SSL_CONDITIONED_ROLES) for m in range(2)]
+
+        # Gather every row the critics see across processes (identity on one process).
+        local = [h[r] for h in heads for r in self.roles]
+        if not self.supervised:
+            local += [c[r] for c in conditions for r in SSL_CONDITIONED_ROLES]
+        gathered = iter(gather_features(local + [labels]))
+        heads = [{r: next(gathered) for r in self.roles} for _ in range(2)]
+        if not self.supervised:
+            conditions = [{r: next(gathered) for r in SSL_CONDITIONED_ROLES} for _ in range(2)]
+        labels = next(gathered)
+        if self.supervised:
+            one_hot = F.one_hot(labels, self.num_labels).to(heads[0][SHARED].dtype)
+            conditions = [dict.fromkeys(SSL_CONDITIONED_ROLES, one_hot) for _ in range(2)]
+
+        def conditioned(role):
+            return tuple(condition_on(heads[m][role], conditions[m][role]) for m in range(2))
+
+        shared_cond = conditioned(SHARED_COND)
+        unique = (heads[0][UNIQUE], heads[1][UNIQUE])
+        terms = {
+            "shared_nce": symmetric_infonce(self.alignment_critic, heads[0][SHARED], heads[1][SHARED]),
+            "shared_cond_club": self.club_shared_cond(*shared_cond),
+            "unique_club": self.club_unique(*unique),
+        }
+        for m in range(2):
+            scores = self.label_critics[m](heads[m][UNIQUE_LABEL], conditions[m][UNIQUE_LABEL])
+            terms[f"unique_label_nce_{m + 1}"] = infonce_lower_bound(scores)
+        terms["unique_cond_nce"] = symmetric_infonce(self.unique_cond_critic, *conditioned(UNIQUE_COND))
+
+        loss = (
+            -terms["shared_nce"] + terms["shared_cond_club"] + terms["unique_club"]
+            - terms["unique_label_nce_1"] - terms["unique_label_nce_2"] - terms["unique_cond_nce"]
+        )
+        critic_inputs = {"shared_cond": _detach_pair(shared_cond), "unique": _detach_pair(unique)}
+        loss_terms = {name: value.detach() for name, value in terms.items()}
+        critic_loss = None
+        if compute_critic_loss:
+            critic_loss = self.critic_loss(critic_inputs)
+            loss_terms["club_critics_loss"] = critic_loss.detach()
+        return ObjectiveOutput(loss, loss_terms, representations, critic_inputs, critic_loss)
+
+    def critic_loss(self, critic_inputs):
+        return self.club_shared_cond.critic_loss(*critic_inputs["shared_cond"]) + self.club_unique.critic_loss(
+            *critic_inputs["unique"]
+        )
+
+
+class SimCLRObjective(ContrastiveObjective):
+    """Cross-modal InfoNCE with a cosine/temperature critic: the CLIP loss."""
+
+    def _loss(self, features, labels, augmented, compute_critic_loss):
+        reps = tuple(self.represent(features[m], m) for m in range(2))
+        z1, z2 = gather_features([r.alignment for r in reps])
+        nce = symmetric_infonce(self.alignment_critic, z1, z2)
+        return ObjectiveOutput(-nce, {"cross_nce": nce.detach()}, reps)
+
+
+class CrossSelfObjective(ContrastiveObjective):
+    """Cross-modal InfoNCE plus, in each modality, InfoNCE between a sample and its
+    augmented view (SimCLR within the modality)."""
+
+    requires_augmented = True
+
+    def _loss(self, features, labels, augmented, compute_critic_loss):
+        reps = tuple(self.represent(features[m], m) for m in range(2))
+        views = [self.represent(augmented[m], m).alignment for m in range(2)]
+        z1, z2, v1, v2 = gather_features([reps[0].alignment, reps[1].alignment, *views])
+        terms = {
+            "cross_nce": symmetric_infonce(self.alignment_critic, z1, z2),
+            "self_nce_1": symmetric_infonce(self.alignment_critic, z1, v1),
+            "self_nce_2": symmetric_infonce(self.alignment_critic, z2, v2),
+        }
+        loss = -(terms["cross_nce"] + terms["self_nce_1"] + terms["self_nce_2"])
+        return ObjectiveOutput(loss, {k: v.detach() for k, v in terms.items()}, reps)
+
+
+class SupConObjective(ContrastiveObjective):
+    """Supervised contrastive loss (Khosla et al. 2020) over both modalities' embeddings:
+    every sample with the same label, in either modality, is a positive."""
+
+    requires_labels = True
+
+    def _loss(self, features, labels, augmented, compute_critic_loss):
+        reps = tuple(self.represent(features[m], m) for m in range(2))
+        z1, z2, labels = gather_features([reps[0].alignment, reps[1].alignment, labels])
+        loss = supervised_contrastive_loss(torch.cat([z1, z2]), labels.repeat(2), self.temperature)
+        return ObjectiveOutput(loss, {"supcon": loss.detach()}, reps)
+
+
+def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SupCon's L_out: mean over anchors of −mean_{p ∈ P(i)} log softmax_{a ≠ i}(z_i·z_a/τ)[p]."""
+    z = F.normalize(embeddings, dim=-1)
+    logits = z @ z.T / temperature
+    self_mask = torch.eye(len(z), dtype=torch.bool, device=z.device)
+    logits = logits.masked_fill(self_mask, float("-inf"))
+    log_prob = logits - logits.logsumexp(dim=1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    counts = positives.sum(1)
+    has_positive = counts > 0
+    per_anchor = -log_prob.masked_fill(~positives, 0.0).sum(1)[has_positive] / counts[has_positive]
+    return per_anchor.mean()
+
+
+OBJECTIVES = ("factorcl_ssl", "factorcl_sup", "simclr", "supcon", "cross_self", "ourcl_ssl", "ourcl_sup")
+
+
+def build_objective(
+    name: str,
+    input_dims: tuple[int, int],
+    *,
+    num_labels: int | None = None,
+    head_dim: int = 128,
+    head_hidden_dim: int = 512,
+    critic_type: str = "concat",
+    critic_hidden_dim: int = 512,
+    critic_num_hidden_layers: int = 1,
+    critic_embed_dim: int = 128,
+    alignment_critic_type: str = "concat",
+    temperature: float = 0.1,
+    critic_chunk_size: int | None = None,
+) -> ContrastiveObjective:
+    """Build an objective by name (one of ``OBJECTIVES``)."""
+    common = dict(head_dim=head_dim, head_hidden_dim=head_hidden_dim, num_labels=num_labels, temperature=temperature)
+    if name in ("factorcl_ssl", "factorcl_sup", "ourcl_ssl", "ourcl_sup"):
+        return FactorCLObjective(
+            input_dims,
+            supervised=name.endswith("_sup"),
+            factorized=name.startswith("factorcl"),
+            critic_type=critic_type,
+            critic_hidden_dim=critic_hidden_dim,
+            critic_num_hidden_layers=critic_num_hidden_layers,
+            critic_embed_dim=critic_embed_dim,
+            alignment_critic_type=alignment_critic_type,
+            critic_chunk_size=critic_chunk_size,
+            **common,
+        )
+    baselines = {"simclr": SimCLRObjective, "cross_self": CrossSelfObjective, "supcon": SupConObjective}
+    if name not in baselines:
+        raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {name!r}")
+    return baselines[name](input_dims, **common)
+
+
+def train_club_critics(
+    objective: ContrastiveObjective,
+    critic_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+) -> list[float]:
+    """Run ``steps`` optimizer steps of the CLUB critics on the detached features of one
+    batch (no backbone re-run); returns the critic losses."""
+    losses = []
+    for _ in range(steps):
+        loss = objective.critic_loss(critic_inputs)
+        if loss is None:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses

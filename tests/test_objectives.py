@@ -1,0 +1,196 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from factorcl_hf.objectives import OBJECTIVES, build_objective, supervised_contrastive_loss, train_club_critics
+
+B, D1, D2, L = 8, 12, 10, 3
+SMALL = dict(head_dim=6, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8)
+
+
+def make_batch(seed=0, batch=B):
+    g = torch.Generator().manual_seed(seed)
+    f1, f2 = torch.randn(batch, D1, generator=g), torch.randn(batch, D2, generator=g)
+    return dict(
+        features_1=f1,
+        features_2=f2,
+        labels=torch.randint(0, L, (batch,), generator=g),
+        augmented_1=f1 + 0.1 * torch.randn(batch, D1, generator=g),
+        augmented_2=f2 + 0.1 * torch.randn(batch, D2, generator=g),
+    )
+
+
+# ---- an independent, loop-based computation of the FactorCL terms -----------------------
+def pairwise(critic, x, y):
+    return torch.stack([torch.stack([critic.score_pairs(x[i : i + 1], y[j : j + 1])[0] for j in range(len(y))]) for i in range(len(x))])
+
+
+def naive_infonce(s):
+    n = len(s)
+    return sum(s[i, i] - (torch.log(sum(torch.exp(s[i, j]) for j in range(n))) - math.log(n)) for i in range(n)) / n
+
+
+def naive_club(s):
+    n = len(s)
+    return sum(s[i, i] for i in range(n)) / n - sum(s[i, j] for i in range(n) for j in range(n)) / n**2
+
+
+def reference_factorcl_loss(obj, batch, supervised):
+    feats = (batch["features_1"], batch["features_2"])
+    heads = [{r: obj.heads[m].heads[r](feats[m]) for r in obj.roles} for m in range(2)]
+    if supervised:
+        y = F.one_hot(batch["labels"], L).float()
+        cond = [{r: y for r in obj.roles}] * 2
+    else:
+        augs = (batch["augmented_1"], batch["augmented_2"])
+        cond = [{r: obj.heads[m].heads[r](augs[m]) for r in obj.roles} for m in range(2)]
+    cat = lambda m, r: torch.cat([heads[m][r], cond[m][r]], 1)  # noqa: E731
+    i_shared = naive_infonce(pairwise(obj.alignment_critic, heads[0]["shared"], heads[1]["shared"]))
+    club_cond = naive_club(pairwise(obj.club_shared_cond.critic, cat(0, "shared_cond"), cat(1, "shared_cond")))
+    club_unique = naive_club(pairwise(obj.club_unique.critic, heads[0]["unique"], heads[1]["unique"]))
+    i_label = [
+        naive_infonce(pairwise(obj.label_critics[m], heads[m]["unique_label"], cond[m]["unique_label"])) for m in range(2)
+    ]
+    i_cond = naive_infonce(pairwise(obj.unique_cond_critic, cat(0, "unique_cond"), cat(1, "unique_cond")))
+    return -i_shared + club_cond + club_unique - i_label[0] - i_label[1] - i_cond
+
+
+@pytest.mark.parametrize("name", ["factorcl_sup", "factorcl_ssl"])
+def test_factorcl_loss_matches_loop_reference(name):
+    torch.manual_seed(0)
+    obj = build_objective(name, (D1, D2), num_labels=L, **SMALL)
+    batch = make_batch()
+    out = obj(**batch)
+    expected = reference_factorcl_loss(obj, batch, supervised=name.endswith("sup"))
+    torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-5)
+    terms = out.loss_terms
+    recomposed = (
+        -terms["shared_nce"] + terms["shared_cond_club"] + terms["unique_club"]
+        - terms["unique_label_nce_1"] - terms["unique_label_nce_2"] - terms["unique_cond_nce"]
+    )
+    torch.testing.assert_close(recomposed, out.loss.detach())
+
+
+def test_ssl_club_critic_is_trained_and_evaluated_on_the_same_conditioning():
+    torch.manual_seed(0)
+    obj = build_objective("factorcl_ssl", (D1, D2), **SMALL)
+    batch = make_batch()
+    out = obj(**batch)
+    for m, (feat, aug) in enumerate([("features_1", "augmented_1"), ("features_2", "augmented_2")]):
+        head = obj.heads[m].heads["shared_cond"]
+        expected = torch.cat([head(batch[feat]), head(batch[aug])], 1)
+        torch.testing.assert_close(out.critic_inputs["shared_cond"][m], expected)
+    # The CLUB term evaluates the critic on exactly the pairs it is trained on.
+    x, y = out.critic_inputs["shared_cond"]
+    torch.testing.assert_close(out.loss_terms["shared_cond_club"], obj.club_shared_cond(x, y).detach())
+
+
+def test_simclr_is_the_clip_loss_minus_log_batch():
+    torch.manual_seed(0)
+    obj = build_objective("simclr", (D1, D2), temperature=0.5, **SMALL)
+    batch = make_batch()
+    out = obj(**batch)
+    z1 = F.normalize(obj.represent(batch["features_1"], 0).alignment, dim=-1)
+    z2 = F.normalize(obj.represent(batch["features_2"], 1).alignment, dim=-1)
+    logits = z1 @ z2.T / 0.5
+    target = torch.arange(B)
+    clip_loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+    torch.testing.assert_close(out.loss, clip_loss - math.log(B))
+
+
+def test_supcon_matches_loop_definition():
+    torch.manual_seed(0)
+    z, labels, tau = torch.randn(10, 4), torch.tensor([0, 1, 0, 2, 1, 0, 1, 2, 2, 0]), 0.3
+    zn = F.normalize(z, dim=-1)
+    losses = []
+    for i in range(10):
+        positives = [p for p in range(10) if p != i and labels[p] == labels[i]]
+        denom = torch.log(sum(torch.exp(zn[i] @ zn[a] / tau) for a in range(10) if a != i))
+        losses.append(-sum(zn[i] @ zn[p] / tau - denom for p in positives) / len(positives))
+    torch.testing.assert_close(supervised_contrastive_loss(z, labels, tau), torch.stack(losses).mean())
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_objective_gradients_and_training(name):
+    torch.manual_seed(0)
+    obj = build_objective(name, (D1, D2), num_labels=L, **SMALL)
+    batch = make_batch()
+    out = obj(**batch)
+    assert torch.isfinite(out.loss)
+    assert out.representations[0].shared.shape[0] == B
+    out.loss.backward()
+    for p in obj.main_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    for p in obj.club_critic_parameters():
+        assert p.grad is None, "the main loss must not train the CLUB critics"
+    if out.critic_loss is not None:
+        obj.zero_grad(set_to_none=True)
+        out.critic_loss.backward()
+        assert all(p.grad is not None for p in obj.club_critic_parameters())
+        assert all(p.grad is None for p in obj.main_parameters())
+
+    main = torch.optim.Adam(obj.main_parameters(), lr=1e-2)
+    critics = obj.club_critic_parameters()
+    critic_opt = torch.optim.Adam(critics, lr=1e-2) if critics else None
+    first = obj(**batch).loss.item()
+    for _ in range(30):
+        out = obj(**batch)
+        main.zero_grad()
+        out.loss.backward()
+        main.step()
+        if critic_opt:
+            train_club_critics(obj, out.critic_inputs, critic_opt, steps=1)
+    assert obj(**batch).loss.item() < first
+
+
+def test_train_club_critics_improves_critics_only():
+    torch.manual_seed(0)
+    obj = build_objective("factorcl_sup", (D1, D2), num_labels=L, **SMALL)
+    out = obj(**make_batch())
+    main_before = [p.detach().clone() for p in obj.main_parameters()]
+    opt = torch.optim.Adam(obj.club_critic_parameters(), lr=1e-2)
+    losses = train_club_critics(obj, out.critic_inputs, opt, steps=20)
+    assert len(losses) == 20 and losses[-1] < losses[0]
+    assert all(torch.equal(a, b) for a, b in zip(main_before, obj.main_parameters()))
+
+
+def test_factorized_embedding_layout():
+    obj = build_objective("factorcl_sup", (D1, D2), num_labels=L, **SMALL)
+    rep = obj.represent(make_batch()["features_1"], 0)
+    assert rep.shared.shape == (B, 2 * SMALL["head_dim"]) and rep.unique.shape == (B, 3 * SMALL["head_dim"])
+    assert rep.factorized.shape == (B, 5 * SMALL["head_dim"])
+    torch.testing.assert_close(rep.alignment, rep.shared[:, : SMALL["head_dim"]])
+    # The OurCL ablation has one representation per modality.
+    ourcl = build_objective("ourcl_sup", (D1, D2), num_labels=L, **SMALL)
+    assert ourcl.represent(make_batch()["features_1"], 0).unique is None
+
+
+@pytest.mark.parametrize(
+    "name,change,match",
+    [
+        ("factorcl_sup", dict(features_1=torch.randn(1, D1), features_2=torch.randn(1, D2), labels=torch.tensor([0])), "batch size 1"),
+        ("factorcl_sup", dict(features_2=torch.randn(B + 1, D2)), "`features_2`.*batch size"),
+        ("factorcl_sup", dict(features_1=torch.randn(B, D1 + 1)), "`features_1`.*12 features"),
+        ("factorcl_sup", dict(labels=torch.full((B,), L)), "`labels` must be in"),
+        ("factorcl_sup", dict(labels=-torch.ones(B, dtype=torch.long)), "`labels` must be in"),
+        ("factorcl_sup", dict(labels=None), "`labels` are required"),
+        ("supcon", dict(labels=None), "`labels` are required"),
+        ("factorcl_ssl", dict(augmented_2=None), "`augmented_2` is required"),
+        ("cross_self", dict(augmented_1=None), "`augmented_1` is required"),
+        ("simclr", dict(features_1=torch.full((B, D1), float("nan"))), "`features_1`.*NaN"),
+    ],
+)
+def test_bad_inputs(name, change, match):
+    obj = build_objective(name, (D1, D2), num_labels=L, **SMALL)
+    batch = {**make_batch(), **change}
+    with pytest.raises(ValueError, match=match):
+        obj(**batch)
+
+
+def test_unknown_objective_and_missing_num_labels():
+    with pytest.raises(ValueError, match="`objective` must be one of"):
+        build_objective("clip", (D1, D2))
+    with pytest.raises(ValueError, match="`num_labels`"):
+        build_objective("factorcl_sup", (D1, D2))
