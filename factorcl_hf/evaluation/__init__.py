@@ -1,0 +1,1 @@
+"""Evaluation protocols for FactorCL embeddings: linear probes, latent decoding, zero-shot, retrieval."""
