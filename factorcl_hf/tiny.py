@@ -1,0 +1,273 @@
+"""Offline CLIP builders: a caption tokenizer, CLIP configs and a processor, with no download.
+
+Tests, the embedded demo and the benchmarks need a CLIP-shaped model without any weights or
+vocabulary from the Hub. Everything here is built from local data:
+
+- :func:`build_caption_tokenizer` trains a word-level byte-level BPE on a list of captions and
+  wraps it as a regular ``CLIPTokenizer`` (same normaliser, pre-tokeniser and special tokens
+  as OpenAI's), so it saves and loads with ``AutoTokenizer`` like any CLIP tokenizer.
+- :func:`tiny_clip_config` / :func:`vit_b32_clip_config` give randomly initialisable
+  ``CLIPConfig`` s whose text config pools at the tokenizer's end-of-text id.
+- :func:`tiny_clip_processor` pairs the tokenizer with ``CLIPImageProcessorPil`` (the default
+  ``CLIPImageProcessor`` of transformers v5 needs torchvision).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+
+__all__ = [
+    "BOS_TOKEN",
+    "EOS_TOKEN",
+    "build_caption_tokenizer",
+    "special_token_ids",
+    "tiny_clip_config",
+    "vit_b32_clip_config",
+    "tiny_clip_processor",
+]
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+_END_OF_WORD = "</w>"
+
+
+def _byte_level_symbols() -> list[str]:
+    """The 256 byte-level symbols, each bare (inside a word) and with ``</w>`` (ending a word).
+
+    With all 512 in the vocabulary any string tokenizes without an unknown token: an unseen
+    word falls back to its bytes, exactly as in OpenAI's CLIP vocabulary, whose first 512
+    entries are these symbols.
+    """
+    from tokenizers import pre_tokenizers
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    return alphabet + [symbol + _END_OF_WORD for symbol in alphabet]
+
+
+def _train_word_merges(texts: list[str]) -> list[tuple[str, str]]:
+    """BPE merges, in rank order, that turn every word of ``texts`` into a single token.
+
+    The trainer uses the CLIP tokenizer's own normaliser and pre-tokeniser, so "words" are
+    exactly the pieces ``CLIPTokenizer`` will later split captions into. Each merge shortens
+    at least one distinct word by a token, so the sum of word lengths bounds the number of
+    merges and a vocabulary that large lets training run until every word is whole.
+    """
+    from tokenizers import Tokenizer, models, trainers
+    from transformers import CLIPTokenizer
+
+    reference = CLIPTokenizer().backend_tokenizer
+    tokenizer = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix=_END_OF_WORD))
+    tokenizer.normalizer = reference.normalizer
+    tokenizer.pre_tokenizer = reference.pre_tokenizer
+
+    words = {
+        word
+        for text in texts
+        for word, _ in reference.pre_tokenizer.pre_tokenize_str(reference.normalizer.normalize_str(text))
+    }
+    trainer = trainers.BpeTrainer(
+        vocab_size=len(_byte_level_symbols()) + sum(len(word) for word in words),
+        min_frequency=0,
+        show_progress=False,
+        end_of_word_suffix=_END_OF_WORD,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return [tuple(pair) for pair in json.loads(tokenizer.to_str())["model"]["merges"]]
+
+
+def build_caption_tokenizer(
+    texts: Iterable[str], save_dir: str | os.PathLike | None = None, model_max_length: int = 32
+):
+    """Build a ``CLIPTokenizer`` whose vocabulary holds every word of ``texts`` as one token.
+
+    The vocabulary follows OpenAI's layout: the 512 byte-level symbols, then the tokens the
+    merges create (in merge order, ending with whole words such as ``"circle</w>"``), then
+    ``<|startoftext|>`` and ``<|endoftext|>``. End-of-text is the highest id and is also the
+    padding token, as in OpenAI's tokenizer; CLIP pools the text at its first occurrence.
+    Words not in ``texts`` tokenize into byte-level pieces, never into an unknown token.
+    Training is deterministic: the same captions give the same vocabulary.
+
+    Args:
+        texts: captions (any iterable of strings) whose words form the vocabulary.
+        save_dir: if given, the tokenizer is also saved there with ``save_pretrained``.
+        model_max_length: longest sequence (``truncation=True`` cuts there); make it the text
+            config's ``max_position_embeddings``.
+
+    Returns:
+        A ``transformers.CLIPTokenizer``, reloadable with ``AutoTokenizer.from_pretrained``.
+    """
+    from transformers import CLIPTokenizer
+
+    texts = list(texts)
+    if not texts or not all(isinstance(text, str) for text in texts):
+        raise ValueError("`texts` must be a non-empty iterable of strings (the captions to build the vocabulary from)")
+    if not isinstance(model_max_length, int) or model_max_length < 2:
+        raise ValueError(f"`model_max_length` must be an int >= 2 (room for bos and eos), got {model_max_length!r}")
+
+    merges = _train_word_merges(texts)
+    vocab: dict[str, int] = {}
+    for token in _byte_level_symbols() + ["".join(pair) for pair in merges] + [BOS_TOKEN, EOS_TOKEN]:
+        vocab.setdefault(token, len(vocab))
+
+    tokenizer = CLIPTokenizer(
+        vocab=vocab,
+        merges=merges,
+        unk_token=EOS_TOKEN,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=EOS_TOKEN,
+        model_max_length=model_max_length,
+    )
+    if save_dir is not None:
+        tokenizer.save_pretrained(save_dir)
+    return tokenizer
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """``bos_token_id`` / ``eos_token_id`` / ``pad_token_id`` of ``tokenizer``, as config kwargs."""
+    ids = {name: getattr(tokenizer, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    missing = [name for name, value in ids.items() if value is None]
+    if missing:
+        raise ValueError(f"`tokenizer` must define bos, eos and pad tokens; it has no {', '.join(missing)}")
+    return ids
+
+
+def _clip_config(
+    *,
+    vocab_size: int,
+    bos_token_id: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    image_size: int,
+    patch_size: int,
+    projection_dim: int,
+    text_hidden_size: int,
+    text_num_layers: int,
+    text_num_heads: int,
+    vision_hidden_size: int,
+    vision_num_layers: int,
+    vision_num_heads: int,
+    max_position_embeddings: int,
+):
+    from transformers import CLIPConfig
+
+    for name, value in (("bos_token_id", bos_token_id), ("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+        if not isinstance(value, int) or not 0 <= value < vocab_size:
+            raise ValueError(f"`{name}` must be an int in [0, vocab_size={vocab_size}), got {value!r}")
+    if eos_token_id == 2:
+        # CLIPTextTransformer treats eos id 2 as a legacy checkpoint and pools at the highest id
+        # of each sequence instead of at the eos token.
+        raise ValueError("`eos_token_id` must not be 2: CLIP reads that as the legacy argmax pooling")
+    if image_size % patch_size:
+        raise ValueError(f"`image_size` ({image_size}) must be a multiple of `patch_size` ({patch_size})")
+
+    text_config = dict(
+        vocab_size=vocab_size,
+        hidden_size=text_hidden_size,
+        intermediate_size=4 * text_hidden_size,
+        projection_dim=projection_dim,
+        num_hidden_layers=text_num_layers,
+        num_attention_heads=text_num_heads,
+        max_position_embeddings=max_position_embeddings,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+    )
+    vision_config = dict(
+        hidden_size=vision_hidden_size,
+        intermediate_size=4 * vision_hidden_size,
+        projection_dim=projection_dim,
+        num_hidden_layers=vision_num_layers,
+        num_attention_heads=vision_num_heads,
+        image_size=image_size,
+        patch_size=patch_size,
+    )
+    return CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim)
+
+
+def tiny_clip_config(
+    vocab_size: int,
+    *,
+    bos_token_id: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    image_size: int = 32,
+    patch_size: int = 8,
+    hidden_size: int = 32,
+    projection_dim: int = 32,
+    num_layers: int = 2,
+    num_heads: int = 2,
+    max_position_embeddings: int = 32,
+):
+    """A ``CLIPConfig`` small enough to train in seconds on a CPU (both towers share the sizes).
+
+    The token ids are required because CLIP pools the text at ``eos_token_id``: pass
+    ``vocab_size=len(tokenizer), **special_token_ids(tokenizer)``.
+    """
+    return _clip_config(
+        vocab_size=vocab_size,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        image_size=image_size,
+        patch_size=patch_size,
+        projection_dim=projection_dim,
+        text_hidden_size=hidden_size,
+        text_num_layers=num_layers,
+        text_num_heads=num_heads,
+        vision_hidden_size=hidden_size,
+        vision_num_layers=num_layers,
+        vision_num_heads=num_heads,
+        max_position_embeddings=max_position_embeddings,
+    )
+
+
+def vit_b32_clip_config(
+    vocab_size: int = 49408,
+    *,
+    bos_token_id: int = 49406,
+    eos_token_id: int = 49407,
+    pad_token_id: int = 49407,
+):
+    """The architecture of OpenAI CLIP ViT-B/32, for random-init benchmarks (never downloaded).
+
+    224 px images in 32 px patches; vision tower 768 wide, 12 layers, 12 heads; text tower 512
+    wide, 12 layers, 8 heads, 77 positions; 512-d projection. The default ids are those of
+    OpenAI's 49,408-token vocabulary; with a caption tokenizer pass
+    ``vocab_size=len(tokenizer), **special_token_ids(tokenizer)``.
+    """
+    return _clip_config(
+        vocab_size=vocab_size,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        image_size=224,
+        patch_size=32,
+        projection_dim=512,
+        text_hidden_size=512,
+        text_num_layers=12,
+        text_num_heads=8,
+        vision_hidden_size=768,
+        vision_num_layers=12,
+        vision_num_heads=12,
+        max_position_embeddings=77,
+    )
+
+
+def tiny_clip_processor(tokenizer, image_size: int = 32):
+    """A ``CLIPProcessor`` of ``tokenizer`` and a ``CLIPImageProcessorPil`` sized ``image_size``.
+
+    Images are resized (shortest edge) and centre-cropped to ``image_size`` square, then
+    normalised with OpenAI's CLIP mean/std, like the original processor at 224 px.
+    """
+    from transformers import CLIPImageProcessorPil, CLIPProcessor
+
+    if not isinstance(image_size, int) or image_size < 1:
+        raise ValueError(f"`image_size` must be a positive int, got {image_size!r}")
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+    )
+    return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
