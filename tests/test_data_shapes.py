@@ -139,18 +139,20 @@ def test_label_dependence_follows_unique_share(records_by_share, share):
         "unique": lookup_accuracy(train, test, UNIQUE_KEYS),
         "image": lookup_accuracy(train, test, IMAGE_VIEW),
         "caption": lookup_accuracy(train, test, CAPTION_VIEW),
-        "colour": lookup_accuracy(train, test, ("colour",)),
-        "drawer": lookup_accuracy(train, test, ("drawer",)),
     }
-    # 1000 test samples: binomial standard error <= 0.016.
+    # 1000 test samples: binomial standard error <= 0.016. The ceilings come from exact
+    # enumeration; the measurements from lookup tables fitted on generated samples.
     tolerance = 0.05
-    assert measured["shared"] == pytest.approx(ceilings["shared"], abs=tolerance)
-    assert measured["unique"] == pytest.approx(ceilings["unique"], abs=tolerance)
-    # Neither modality alone beats the shared ceiling (it would if colour or drawer leaked).
+    for view in ("shared", "unique"):
+        assert measured[view] == pytest.approx(ceilings[view], abs=tolerance), view
+    # Finer views (more lookup cells than samples support) can only fall short of Bayes.
     for view in ("image", "caption"):
-        assert measured[view] <= ceilings["shared"] + tolerance, view
-    for single in ("colour", "drawer"):
-        assert measured[single] <= ceilings["shared"] + tolerance, single
+        assert measured[view] <= ceilings[view] + tolerance, view
+    # Where a modality alone misses part of the label, it really does (it would not if the
+    # colour leaked into the caption or the drawer into the image).
+    for view in ("image", "caption"):
+        if ceilings["all"] - ceilings[view] >= 0.2:
+            assert measured[view] < ceilings["all"] - 0.1, view
     rule_counts = Counter(row["label_rule"] for row in records)
     assert rule_counts["unique"] / len(records) == pytest.approx(share, abs=0.03)
 
@@ -169,13 +171,16 @@ def test_ceilings_match_a_hand_count():
     ceilings = shapes_label_accuracy_ceilings(0.75, 4)
     assert ceilings["shared"] == pytest.approx(0.25 + 0.75 / 4)
     assert ceilings["unique"] == pytest.approx(0.75 + 0.25 / 4)
-    assert ceilings["all"] == ceilings["unique"]
+    assert ceilings["all"] == pytest.approx(ceilings["unique"])
+    # Image alone: the shared label and the colour bit agree on half the samples
+    # (0.25 + 0.75 / 2), else the best guess is a colour-bit label (0.75 / 2).
+    assert ceilings["image"] == pytest.approx(0.5 * (0.25 + 0.375) + 0.5 * 0.375)
 
 
 def test_two_labels():
     records = generate_shapes_records(200, seed=1, image_size=32, unique_share=1.0, num_labels=2)
     assert {row["label"] for row in records} == {0, 1}
-    assert all(row["label"] == (row["colour_idx"] + row["drawer_idx"]) % 2 for row in records)
+    assert all(row["label"] == row["colour_idx"] % 2 for row in records)
 
 
 def test_build_shapes_dataset_splits_and_features():

@@ -20,24 +20,27 @@ an ``<name>_idx`` integer column.
 Label rule (``num_labels`` = L, 2 or 4):
 
 * shared rule: ``(shape_idx + size_idx + position_idx) % L``
-* unique rule: ``(colour_idx + drawer_idx) % L``
+* unique rule, L = 4: ``2 * (colour_idx % 2) + (drawer_idx % 2)`` — one bit from the image's
+  colour, one from the caption's drawer; L = 2: ``colour_idx % 2`` (the image's bit only).
 
 Each sample uses the unique rule with probability ``unique_share``, else the shared rule; the
 column ``label_rule`` records which ("shared"/"unique", for analysis only: it is not visible in
-either modality). Because L divides the 4 colours, 4 drawers and 4 shapes, the unique label
-is independent of the colour alone, of the drawer alone and of the shared attributes, and the
-shared label is independent of any single shared attribute but the shape. So at
-``unique_share=1`` neither modality alone predicts the label better than chance: it takes the
-image's colour AND the caption's drawer. At 0 the shared attributes alone determine it.
+either modality). At ``unique_share=1`` (L = 4) each modality alone gets half of the label:
+it takes the image's colour AND the caption's drawer. At 0 the shared attributes alone
+determine it.
 
-The per-sample rule choice is hidden, so the best achievable accuracies are (p =
-``unique_share``, see :func:`shapes_label_accuracy_ceilings`): from shared information, or
-from either modality alone, ``(1 - p) + p / L``; from both modalities' unique information, or
-from everything, ``max`` of that and ``p + (1 - p) / L``. Default ``unique_share = 0.75``: at
-0.5 the two ceilings tie (0.625 for L = 4), so an objective that keeps unique information
-would gain nothing; at 0.75 a shared-only (CLIP-style) representation tops out at 0.4375
-while one that also keeps both unique parts can reach 0.8125, and the shared rule still
-labels a quarter of the samples, so the shared information is not useless either.
+Why a product of two bits and not, say, ``(colour + drawer) % L``: the paper's protocol probes
+the concatenated embeddings ``[image; text]`` LINEARLY. A linear score is a sum of an image
+part and a text part, which can read a pair of bits but can never compute an XOR or a modular
+sum across modalities — such a label would be out of reach of every method, FactorCL included.
+
+The per-sample rule choice is hidden, so the best achievable accuracies depend on what a
+representation keeps; :func:`shapes_label_accuracy_ceilings` computes them exactly by
+enumerating the attributes. For L = 4 and the default ``unique_share = 0.75``: shared
+information only 0.4375 (a CLIP-style representation's ceiling), image or caption alone 0.5,
+both modalities' unique information 0.8125. At 0.5 the shared and unique ceilings tie, so
+keeping unique information would gain nothing; at 0.75 the shared rule still labels a
+quarter of the samples, so shared information is not useless either.
 
 Attributes, the label-rule coin and the caption template come from separate random streams of
 one ``numpy.random.SeedSequence(seed)``; changing ``unique_share`` therefore changes only
@@ -137,23 +140,48 @@ def shared_label_rule(shape_idx: int, size_idx: int, position_idx: int, num_labe
 
 
 def unique_label_rule(colour_idx: int, drawer_idx: int, num_labels: int) -> int:
-    """Label that needs the image's colour and the caption's drawer together."""
-    return (colour_idx + drawer_idx) % num_labels
+    """Label from the unique attributes: the colour's bit and (L = 4) the drawer's bit."""
+    colour_bit, drawer_bit = colour_idx % 2, drawer_idx % 2
+    return 2 * colour_bit + drawer_bit if num_labels == 4 else colour_bit
+
+
+# What each kind of representation can see, for the accuracy ceilings.
+_CEILING_VIEWS = {
+    "shared": ("shape", "size", "position"),
+    "unique": ("colour", "drawer"),
+    "image": ("shape", "size", "position", "colour"),
+    "caption": ("shape", "size", "position", "drawer"),
+    "all": ("shape", "size", "position", "colour", "drawer"),
+}
 
 
 def shapes_label_accuracy_ceilings(
     unique_share: float = DEFAULT_UNIQUE_SHARE, num_labels: int = DEFAULT_NUM_LABELS
 ) -> dict[str, float]:
-    """Bayes-optimal label accuracy from each kind of information (see the module docstring).
+    """Bayes-optimal label accuracy from each kind of information, by exact enumeration of
+    the (uniform, independent) attributes and the hidden rule choice.
 
-    Keys: ``chance``; ``shared`` (also the ceiling for the image alone or the caption alone);
-    ``unique`` (colour and drawer together); ``all`` (every attribute of both modalities).
+    Keys: ``chance``; ``shared`` (shape, size, position); ``unique`` (colour and drawer);
+    ``image`` (what the image shows); ``caption`` (what the caption says); ``all``.
     """
     _check_arguments(2, MIN_IMAGE_SIZE, unique_share, num_labels)
-    p, chance = float(unique_share), 1.0 / num_labels
-    shared = (1.0 - p) + p * chance
-    unique = p + (1.0 - p) * chance
-    return {"chance": chance, "shared": shared, "unique": unique, "all": max(shared, unique)}
+    import itertools
+    from collections import defaultdict
+
+    p = float(unique_share)
+    names = ("shape", "size", "position", "colour", "drawer")
+    sizes = (len(SHAPES), len(SIZES), len(POSITIONS), len(COLOURS), len(DRAWERS))
+    combos = list(itertools.product(*(range(n) for n in sizes)))
+    ceilings = {"chance": 1.0 / num_labels}
+    for view, keys in _CEILING_VIEWS.items():
+        mass: dict[tuple, dict[int, float]] = defaultdict(lambda: defaultdict(float))
+        for combo in combos:
+            attrs = dict(zip(names, combo))
+            seen = tuple(attrs[k] for k in keys)
+            mass[seen][shared_label_rule(attrs["shape"], attrs["size"], attrs["position"], num_labels)] += (1 - p) / len(combos)
+            mass[seen][unique_label_rule(attrs["colour"], attrs["drawer"], num_labels)] += p / len(combos)
+        ceilings[view] = sum(max(labels.values()) for labels in mass.values())
+    return ceilings
 
 
 @lru_cache(maxsize=512)
