@@ -102,6 +102,10 @@ class FactorCLModel(FactorCLPreTrainedModel):
     def __init__(self, config: FactorCLConfig):
         super().__init__(config)
         self.clip = CLIPModel._from_config(config.clip_config)
+        # Logits come from the objective's alignment critic; CLIP's own logit scale is kept
+        # for checkpoint compatibility but unused, so it is frozen (DDP requires every
+        # trainable parameter to receive a gradient).
+        self.clip.logit_scale.requires_grad_(False)
         dim = config.backbone_embed_dim
         self.objective: ContrastiveObjective = build_objective(
             config.objective,
@@ -302,7 +306,7 @@ class FactorCLModel(FactorCLPreTrainedModel):
     def main_parameters(self) -> list[nn.Parameter]:
         """Everything else: backbone, heads, InfoNCE critics."""
         club = {id(p) for p in self.club_critic_parameters()}
-        return [p for p in self.parameters() if id(p) not in club]
+        return [p for p in self.parameters() if id(p) not in club and p.requires_grad]
 
 
 __all__ = ["FactorCLModel", "FactorCLPreTrainedModel", "FactorCLOutput", "FactorCLEmbeddings"]

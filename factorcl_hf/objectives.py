@@ -440,14 +440,22 @@ def train_club_critics(
     steps: int,
 ) -> list[float]:
     """Run ``steps`` optimizer steps of the CLUB critics on the detached features of one
-    batch (no backbone re-run); returns the critic losses."""
+    batch (no backbone re-run); returns the critic losses.
+
+    Gradients come from ``torch.autograd.grad`` rather than ``backward()``: it leaves the
+    autograd hooks of a DDP-wrapped model untouched (they expect one backward per forward).
+    No gradient sync is needed: the critics' inputs are gathered from every process, so
+    every process computes the same update.
+    """
+    params = objective.club_critic_parameters()
     losses = []
     for _ in range(steps):
         loss = objective.critic_loss(critic_inputs)
         if loss is None:
             break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for param, grad in zip(params, torch.autograd.grad(loss, params)):
+            param.grad = grad
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
     return losses

@@ -1,0 +1,184 @@
+"""Image+caption(+label) data for training and evaluation: loading from the Hub or local
+files, validation, and the collator that turns rows into model inputs.
+
+The collator draws each sample's augmentation from a generator seeded by
+``(seed, epoch, row index)``, so augmented views do not depend on the number of processes,
+the batch a row lands in, or whether a run was interrupted and resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_LOCAL_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+def load_image_text_dataset(
+    source: str | os.PathLike,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    label_column: str | None = None,
+    split: str | None = None,
+):
+    """Load a dataset with image and caption columns (and optionally a label column).
+
+    ``source`` is a local imagefolder directory (with ``metadata.jsonl``), a local
+    ``.csv``/``.jsonl``/``.json``/``.parquet`` file whose image column holds paths, or a Hub
+    dataset id. Returns a ``DatasetDict`` (or the ``split``) whose image column is decoded
+    to PIL images. Raises ``ValueError`` naming any missing column.
+    """
+    import datasets
+
+    path = Path(source)
+    if path.is_dir():
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+    elif path.suffix in _LOCAL_FORMATS:
+        if not path.exists():
+            raise ValueError(f"data file {str(path)!r} does not exist")
+        if path.stat().st_size == 0:
+            raise ValueError(f"data file {str(path)!r} is empty: need at least 2 rows for contrastive training")
+        loaded = datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path))
+        # Relative image paths are relative to the file, not to the working directory.
+        loaded = loaded.map(
+            lambda row: {image_column: str(path.parent / row[image_column]) if row.get(image_column) else None}
+        )
+        loaded = loaded.cast_column(image_column, datasets.Image())
+    else:
+        loaded = datasets.load_dataset(str(source))
+    if split is not None:
+        if split not in loaded:
+            raise ValueError(f"`split` {split!r} not found in {str(source)!r}; available: {sorted(loaded)}")
+        loaded = loaded[split]
+    for name, part in loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(split, loaded)]:
+        check_columns(part, image_column, caption_column, label_column, where=f"{source} [{name}]")
+    return loaded
+
+
+def check_columns(dataset, image_column: str, caption_column: str, label_column: str | None, where: str = "dataset"):
+    """Raise ``ValueError`` naming each required column that ``dataset`` lacks, and reject an
+    empty dataset."""
+    required = {"image_column": image_column, "caption_column": caption_column}
+    if label_column is not None:
+        required["label_column"] = label_column
+    for argument, column in required.items():
+        if column not in dataset.column_names:
+            raise ValueError(
+                f"{where} has no column {column!r} (`{argument}`); its columns are {dataset.column_names}"
+            )
+    if len(dataset) == 0:
+        raise ValueError(f"{where} is empty: need at least 2 rows for contrastive training")
+
+
+def drop_undecodable_images(dataset, image_column: str = "image"):
+    """Drop rows whose image fails to decode; returns ``(dataset, number_dropped)``.
+
+    Decision: skip with a warning count rather than fail a long run on one bad file; the
+    count is logged and reported in the training results.
+    """
+    import datasets
+
+    raw = dataset.cast_column(image_column, datasets.Image(decode=False))
+
+    def decodes(row) -> bool:
+        from io import BytesIO
+
+        from PIL import Image
+
+        value = row[image_column]
+        if value is None:
+            return False
+        try:
+            source = BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+            with Image.open(source) as image:
+                image.load()
+            return True
+        except Exception:  # noqa: BLE001 - any decoding failure means "skip this row"
+            return False
+
+    keep = raw.filter(decodes)
+    dropped = len(dataset) - len(keep)
+    if dropped:
+        logger.warning("Skipped %d of %d rows whose %r failed to decode", dropped, len(dataset), image_column)
+    return keep.cast_column(image_column, datasets.Image()), dropped
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """A ``datasets.Dataset`` whose rows carry their index (for per-row augmentation seeds)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.dataset[int(index)], "_index": int(index)}
+
+
+@dataclass
+class ImageTextCollator:
+    """Rows → model inputs: processor outputs, labels, and (for objectives that use them)
+    augmented views of both modalities.
+
+    Args:
+        processor: a ``CLIPProcessor``.
+        image_column / caption_column / label_column: column names.
+        image_augmentation / text_augmentation: callables ``(item, generator=...)`` from
+            :mod:`factorcl_hf.augmentations`; ``None`` means no augmented views.
+        seed: base seed of the per-row augmentation generators; set ``epoch`` each epoch.
+    """
+
+    processor: Any
+    image_column: str = "image"
+    caption_column: str = "caption"
+    label_column: str | None = None
+    image_augmentation: Any = None
+    text_augmentation: Any = None
+    seed: int = 0
+    epoch: int = 0
+    max_length: int | None = None
+    _text_kwargs: dict = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._text_kwargs = dict(padding=True, truncation=True, return_tensors="pt")
+        if self.max_length is not None:
+            self._text_kwargs["max_length"] = self.max_length
+
+    def _row_generator(self, index: int) -> torch.Generator:
+        # A distinct, reproducible stream per (seed, epoch, row).
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+
+    def _encode(self, images, captions) -> dict[str, torch.Tensor]:
+        pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        text = self.processor.tokenizer(captions, **self._text_kwargs)
+        return {"pixel_values": pixels, "input_ids": text["input_ids"], "attention_mask": text["attention_mask"]}
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        images = [row[self.image_column].convert("RGB") for row in rows]
+        captions = [str(row[self.caption_column]) for row in rows]
+        batch = self._encode(images, captions)
+        # Which rows this batch holds (the training loop pops it before the model call).
+        batch["row_indices"] = torch.tensor([row.get("_index", -1) for row in rows], dtype=torch.long)
+        if self.label_column is not None:
+            batch["labels"] = torch.tensor([int(row[self.label_column]) for row in rows], dtype=torch.long)
+        if self.image_augmentation is not None or self.text_augmentation is not None:
+            generators = [self._row_generator(row.get("_index", i)) for i, row in enumerate(rows)]
+            aug_images = [
+                self.image_augmentation(im, generator=g) if self.image_augmentation else im
+                for im, g in zip(images, generators)
+            ]
+            aug_captions = [
+                self.text_augmentation(c, generator=g) if self.text_augmentation else c
+                for c, g in zip(captions, generators)
+            ]
+            views = self._encode(aug_images, aug_captions)
+            batch.update({f"augmented_{key}": value for key, value in views.items()})
+        return batch

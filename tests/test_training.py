@@ -1,0 +1,139 @@
+"""The training script end to end on tiny data: multi-process, resume, one backbone call
+per step, bad inputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import CLIPModel
+
+from factorcl_hf.data.shapes import write_shapes_imagefolder
+from training.train import main, parse_args, train
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = ["--tiny_hidden_size", "32", "--tiny_num_layers", "1", "--tiny_projection_dim", "16", "--head_dim", "8",
+        "--head_hidden_dim", "16", "--critic_hidden_dim", "16", "--per_device_train_batch_size", "8",
+        "--eval_split", "none", "--disable_tqdm", "--learning_rate", "1e-3"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_shapes_imagefolder(tmp_path_factory.mktemp("shapes") / "data", num_samples=70, seed=1)
+
+
+def run_flags(data_dir, out, *extra):
+    return ["--train_data", str(data_dir), "--label_column", "label", "--output_dir", str(out), *TINY, *extra]
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data_dir, tmp_path):
+    # 56 training rows / batch 8 = 7 steps per epoch: step 3 is mid-epoch, step 9 in epoch 2.
+    flags = ["--objective", "factorcl_ssl", "--max_train_steps", "9", "--checkpointing_steps", "3",
+             "--checkpoints_total_limit", "5", "--num_warmup_steps", "2"]
+    full = train(parse_args(run_flags(data_dir, tmp_path / "full", *flags)))
+    assert full.results["steps"] == 9
+    # "Stop" after step 3: a second run starts from that checkpoint only.
+    resumed_dir = tmp_path / "resumed"
+    (resumed_dir / "checkpoints").mkdir(parents=True)
+    os.rename(tmp_path / "full" / "checkpoints" / "step_3", resumed_dir / "checkpoints" / "step_3")
+    resumed = train(parse_args(run_flags(data_dir, resumed_dir, *flags, "--resume_from_checkpoint", "latest")))
+    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_file(resumed_dir / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert diff <= 1e-6, f"resumed run differs from the uninterrupted one by {diff}"
+    # And training really moved the weights (the comparison is not vacuous).
+    first = train(parse_args(run_flags(data_dir, tmp_path / "short", "--objective", "factorcl_ssl", "--max_train_steps", "1")))
+    c = load_file(tmp_path / "short" / "model" / "model.safetensors")
+    assert max((a[k] - c[k]).abs().max().item() for k in a) > 1e-4
+    assert first.results["steps"] == 1
+
+
+def test_backbone_runs_once_per_step(data_dir, tmp_path, monkeypatch):
+    calls = {"image": 0, "text": 0}
+    original_image, original_text = CLIPModel.get_image_features, CLIPModel.get_text_features
+
+    def count_image(self, *args, **kwargs):
+        calls["image"] += 1
+        return original_image(self, *args, **kwargs)
+
+    def count_text(self, *args, **kwargs):
+        calls["text"] += 1
+        return original_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(CLIPModel, "get_image_features", count_image)
+    monkeypatch.setattr(CLIPModel, "get_text_features", count_text)
+    train(parse_args(run_flags(data_dir, tmp_path, "--objective", "factorcl_ssl", "--max_train_steps", "3",
+                               "--club_critic_steps", "3")))
+    assert calls == {"image": 3, "text": 3}
+
+
+@pytest.mark.parametrize("objective", ["factorcl_sup", "simclr", "cross_self"])
+def test_objectives_train_evaluate_save_and_reload(data_dir, tmp_path, objective):
+    flags = run_flags(data_dir, tmp_path, "--objective", objective, "--max_train_steps", "2", "--eval_split", "test",
+                      "--retrieval_match_columns", "shape", "size")
+    results = main(flags)
+    assert {"retrieval_r1", "retrieval_r5", "retrieval_match_r1", "probe_acc", "backbone_probe_acc"} <= results.keys()
+    assert results["retrieval_match_r1"] >= results["retrieval_r1"]
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["steps"] == 2
+    from transformers import AutoModel, AutoProcessor
+
+    import factorcl_hf  # noqa: F401 - registers the Auto classes
+
+    model = AutoModel.from_pretrained(tmp_path / "model")
+    AutoProcessor.from_pretrained(tmp_path / "model")
+    assert model.config.objective == objective
+    assert not list(tmp_path.glob("model-*")) and not list(tmp_path.glob(".model-*")), "staging folders left behind"
+
+
+def test_two_processes_see_different_data(data_dir, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "-m", "training.train", *run_flags(data_dir, tmp_path, "--objective", "factorcl_sup",
+                                                  "--max_train_steps", "3", "--save_seen_rows")]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [set(json.loads((tmp_path / f"seen_rows.rank{r}.json").read_text())) for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 3 * 8
+    assert not seen[0] & seen[1], "both processes trained on the same rows"
+    assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+def test_bad_inputs(data_dir, tmp_path):
+    with pytest.raises(ValueError, match="no column 'text' \\(`caption_column`\\)"):
+        train(parse_args(run_flags(data_dir, tmp_path, "--caption_column", "text", "--max_train_steps", "1")))
+    with pytest.raises(ValueError, match="`per_device_train_batch_size` must be >= 2"):
+        train(parse_args(run_flags(data_dir, tmp_path, "--per_device_train_batch_size", "1")))
+    with pytest.raises(ValueError, match="`objective` must be one of"):
+        train(parse_args(run_flags(data_dir, tmp_path, "--objective", "clip")))
+    with pytest.raises(ValueError, match="unknown options \\['learning_rat'\\]"):
+        config = tmp_path / "bad.yaml"
+        config.write_text("learning_rat: 0.1\n")
+        parse_args(["--config", str(config)])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        train(parse_args(run_flags(empty, tmp_path, "--max_train_steps", "1")))
+
+
+def test_undecodable_images_are_skipped_and_counted(tmp_path):
+    from PIL import Image
+
+    rows = []
+    for i in range(18):
+        name = f"{i}.png"
+        if i < 2:
+            (tmp_path / name).write_bytes(b"this is not a png")
+        else:
+            Image.new("RGB", (32, 32), (i * 10, 0, 0)).save(tmp_path / name)
+        rows.append({"image": name, "caption": f"a red square number {i}", "label": i % 2})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = train(parse_args(["--train_data", str(tmp_path / "train.jsonl"), "--output_dir", str(tmp_path / "out"),
+                            *TINY, "--max_train_steps", "1", "--objective", "simclr"]))
+    assert run.results["skipped_undecodable_images"] == 2
