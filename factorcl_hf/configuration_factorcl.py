@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig, PreTrainedConfig
 
@@ -75,6 +77,13 @@ class FactorCLConfig(PreTrainedConfig):
     club_critic_steps: int = 1
     critic_learning_rate: float = 1e-3
     critic_chunk_size: int | None = None
+
+    def __post_init__(self, **kwargs):
+        # Own a copy of a given CLIPConfig: model construction sets attributes on it (e.g. the
+        # attention implementation), which must not leak into the caller's live CLIP model.
+        if isinstance(self.clip_config, CLIPConfig):
+            self.clip_config = copy.deepcopy(self.clip_config)
+        super().__post_init__(**kwargs)
 
     def validate_architecture(self):
         """Part of `@strict` validation: every value checked with a message naming it."""

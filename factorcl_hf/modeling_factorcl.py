@@ -101,6 +101,12 @@ class FactorCLModel(FactorCLPreTrainedModel):
 
     def __init__(self, config: FactorCLConfig):
         super().__init__(config)
+        # Saved folders also serve the zero-shot pipeline through trust_remote_code (the
+        # AutoModel entry is added by `register_for_auto_class` in `factorcl_hf/__init__.py`).
+        config.auto_map = {
+            **(getattr(config, "auto_map", None) or {}),
+            "AutoModelForZeroShotImageClassification": "modeling_factorcl.FactorCLModel",
+        }
         self.clip = CLIPModel._from_config(config.clip_config)
         # Logits come from the objective's alignment critic; CLIP's own logit scale is kept
         # for checkpoint compatibility but unused, so it is frozen (DDP requires every

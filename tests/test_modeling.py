@@ -184,6 +184,12 @@ def test_foreign_and_corrupted_checkpoints(tmp_path, clip_config):
         FactorCLModel.from_pretrained(tmp_path / "fcl")
 
 
+def test_config_owns_a_copy_of_the_clip_config(clip_config):
+    config = FactorCLConfig(clip_config=clip_config)
+    assert config.clip_config is not clip_config
+    assert config.clip_config.to_dict() == clip_config.to_dict()
+
+
 def test_config_validation_names_the_field(clip_config):
     with pytest.raises(Exception, match="`objective` must be one of"):
         FactorCLConfig(clip_config=clip_config, objective="clip")

@@ -69,9 +69,7 @@ def main(argv=None) -> dict:
     sample = test_rows.select(range(min(64, len(test_rows))))
     before = encode_image_text(trained.model, trained.processor, sample)
     after = encode_image_text(reloaded, trained.processor, sample)
-    reload_diff = max(
-        (before[m][k] - after[m][k]).abs().max().item() for m in before for k in before[m]
-    )
+    reload_diff = max((before[m][k] - after[m][k]).abs().max().item() for m in before for k in before[m])
     if reload_diff != 0:
         raise RuntimeError(f"Reloaded {checked} embeddings differ from the trained ones (max abs diff {reload_diff})")
 
