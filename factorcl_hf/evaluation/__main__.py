@@ -1,0 +1,281 @@
+"""Command line evaluation of a saved FactorCL model.
+
+    python -m factorcl_hf.evaluation --model DIR --task retrieval --data DATA_DIR --out results.json
+
+Tasks: ``retrieval`` (R@1/5/10 both directions), ``zero_shot`` (top-1/top-5 from class-name
+prompts), ``probe`` (linear probe of the label on pair embeddings), ``information`` (InfoNCE /
+NCE-CLUB estimates of the label information in the shared and unique embeddings), and on
+IRFL task CSVs ``irfl_mc`` (multiple choice) and ``irfl_type`` (figurative-type probe).
+
+``--data`` is an imagefolder directory (images + ``metadata.jsonl``, read with
+``datasets.load_dataset("imagefolder")``), or CSV / JSON Lines files whose image column holds
+paths relative to the file; for the IRFL tasks, IRFL task CSVs. Results are printed as a
+table and written as JSON (the record ``factorcl_hf.hub.build_model_card`` accepts).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+TASKS = ("retrieval", "zero_shot", "irfl_mc", "irfl_type", "probe", "information")
+# Tasks that read several embeddings at once; the others score one embedding.
+MULTI_EMBEDDING_TASKS = ("probe", "irfl_type", "information")
+EMBEDDING_TYPES = ("pooler", "shared", "unique", "factorized", "backbone")  # = embed.EMBEDDING_TYPES (no heavy import)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m factorcl_hf.evaluation",
+        description="Evaluate a saved FactorCL model: retrieval, zero-shot, linear probes, IRFL, information.",
+    )
+    parser.add_argument("--model", required=True, help="saved model directory (with its processor) or Hub id")
+    parser.add_argument("--task", required=True, choices=TASKS)
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="imagefolder directory, CSV/JSONL file(s), or IRFL task CSV(s) for irfl_* tasks")
+    parser.add_argument("--out", help="write the results record here (JSON)")
+    parser.add_argument("--split", default=None, help="evaluation split (default: 'test' if present, else the only split)")
+    parser.add_argument("--train-split", default="train",
+                        help="split the probe/information critics are fitted on; if absent, a seeded part of --split")
+    parser.add_argument("--test-fraction", type=float, default=0.2,
+                        help="held-out share when a split is made (probe, information, irfl_type)")
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--caption-column", default="caption")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--embedding", nargs="+", choices=EMBEDDING_TYPES, default=None,
+                        help="embedding(s) to evaluate; default 'pooler' for retrieval/zero_shot/irfl_mc, "
+                             "every available non-pooler one for probe/irfl_type, 'shared unique' for information")
+    parser.add_argument("--class-names", nargs="+", help="zero_shot: class names in label-id order "
+                        "(default: the label column's ClassLabel names or its distinct strings)")
+    parser.add_argument("--templates", nargs="+", help="zero_shot: prompt templates with '{}' (default: 'a photo of a {}.')")
+    parser.add_argument("--image-root", help="irfl_*: folder of downloaded IRFL images (and base of relative paths)")
+    parser.add_argument("--skip-missing", action="store_true", help="irfl_*: drop rows whose images are not local")
+    parser.add_argument("--num-candidates", type=int, default=None, help="irfl_mc: phrases per image question")
+    parser.add_argument("--critic-steps", type=int, default=300, help="information: critic training steps")
+    parser.add_argument("--max-samples", type=int, default=None, help="use at most this many samples per split")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default=None, help="e.g. cuda, cpu (default: cuda if available)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+# ----------------------------------------------------------------------------- data
+def _is_string(feature) -> bool:
+    import datasets
+
+    # CSV columns load as large_string, JSON ones as string.
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def _load_dataset_dict(data: list[str], image_column: str):
+    """A ``DatasetDict`` from an imagefolder directory or CSV/JSONL files (image paths resolved)."""
+    import datasets
+
+    if len(data) == 1 and Path(data[0]).is_dir():
+        return datasets.load_dataset("imagefolder", data_dir=data[0])
+    suffixes = {Path(path).suffix.lower() for path in data}
+    for path in data:
+        if not Path(path).is_file():
+            raise ValueError(f"`--data` {path!r} is neither an imagefolder directory nor a file")
+    if suffixes <= {".csv"}:
+        builder = "csv"
+    elif suffixes <= {".jsonl", ".json"}:
+        builder = "json"
+    else:
+        raise ValueError(f"`--data` files must all be .csv or all .jsonl/.json, got {sorted(suffixes)}")
+    # Files are read one by one so that relative image paths resolve against their own
+    # folder; together they form a single split.
+    parts = []
+    for path in data:
+        part = datasets.load_dataset(builder, data_files=str(path), split="train")
+        if image_column in part.column_names and _is_string(part.features[image_column]):
+            base = Path(path).resolve().parent
+            part = part.map(lambda row: {image_column: str(base / row[image_column])})
+            part = part.cast_column(image_column, datasets.Image())
+        parts.append(part)
+    return datasets.DatasetDict({"train": datasets.concatenate_datasets(parts)})
+
+
+def _select_splits(dataset_dict, args, needs_train: bool):
+    """(eval split, train split or None, eval split name)."""
+    names = list(dataset_dict)
+    eval_name = args.split or ("test" if "test" in names else names[0] if len(names) == 1 else None)
+    if eval_name not in names:
+        raise ValueError(f"`--split` {eval_name!r} not in the data's splits {names}; choose one with --split")
+    eval_split, train_split = dataset_dict[eval_name], None
+    if needs_train:
+        if args.train_split in names and args.train_split != eval_name:
+            train_split = dataset_dict[args.train_split]
+        else:
+            parts = eval_split.train_test_split(test_size=args.test_fraction, seed=args.seed)
+            train_split, eval_split = parts["train"], parts["test"]
+    if args.max_samples is not None:
+        eval_split = eval_split.select(range(min(args.max_samples, len(eval_split))))
+        if train_split is not None:
+            train_split = train_split.select(range(min(args.max_samples, len(train_split))))
+    return eval_split, train_split, eval_name
+
+
+def _check_columns(split, columns: list[str]) -> None:
+    missing = [column for column in columns if column not in split.column_names]
+    if missing:
+        raise ValueError(
+            f"the data has no column(s) {missing} (columns: {split.column_names}); "
+            "set --image-column / --caption-column / --label-column"
+        )
+
+
+def _label_ids(split, column: str, class_names: list[str] | None) -> tuple[list[int], list[str] | None]:
+    """Integer label ids and class names (from ClassLabel, string values, or --class-names)."""
+    import datasets
+
+    feature = split.features[column]
+    values = split[column]
+    if isinstance(feature, datasets.ClassLabel):
+        return list(values), class_names or list(feature.names)
+    if _is_string(feature):
+        names = class_names or sorted(set(values))
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ValueError(f"labels {unknown} of column {column!r} are not in `--class-names`")
+        return [names.index(value) for value in values], names
+    return [int(value) for value in values], class_names
+
+
+# ----------------------------------------------------------------------------- tasks
+def _run_task(args, model, processor) -> tuple[dict[str, float], dict[str, Any]]:
+    """Metrics and extra record fields of the chosen task."""
+    from . import information, irfl, retrieval, zero_shot
+    from .embed import available_embeddings, embed_pairs
+    from .probe import linear_probe_accuracy
+
+    embed_kwargs = dict(batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
+    multi = args.task in MULTI_EMBEDDING_TASKS
+    if args.embedding and not multi and len(args.embedding) != 1:
+        raise ValueError(f"`--embedding`: task {args.task!r} scores one embedding, got {args.embedding}")
+    embedding = (args.embedding or ["pooler"])[0]
+
+    if args.task.startswith("irfl"):
+        items = irfl.load_irfl_csv(args.data, image_root=args.image_root, skip_missing=args.skip_missing)
+        if args.max_samples is not None:
+            items = items[: args.max_samples]
+        extra = {"num_samples": len(items)}
+        if args.task == "irfl_mc":
+            metrics = irfl.evaluate_irfl_multiple_choice(
+                model, processor, items, embedding, args.num_candidates, args.seed, **embed_kwargs
+            )
+            return metrics, {**extra, "embedding": embedding}
+        metrics = irfl.evaluate_irfl_type_probe(
+            model, processor, items, args.embedding, args.test_fraction, args.seed, **embed_kwargs
+        )
+        return metrics, extra
+
+    dataset = _load_dataset_dict(args.data, args.image_column)
+    eval_split, train_split, split_name = _select_splits(dataset, args, needs_train=multi)
+    extra: dict[str, Any] = {"split": split_name, "num_samples": len(eval_split)}
+
+    if args.task == "retrieval":
+        _check_columns(eval_split, [args.image_column, args.caption_column])
+        metrics = retrieval.evaluate_retrieval(
+            model, processor, eval_split[args.image_column], eval_split[args.caption_column], embedding, **embed_kwargs
+        )
+        return metrics, {**extra, "embedding": embedding}
+
+    if args.task == "zero_shot":
+        _check_columns(eval_split, [args.image_column, args.label_column])
+        labels, class_names = _label_ids(eval_split, args.label_column, args.class_names)
+        if class_names is None:
+            raise ValueError(f"`--class-names` is required: column {args.label_column!r} holds bare integer labels")
+        metrics = zero_shot.evaluate_zero_shot(
+            model, processor, eval_split[args.image_column], labels, class_names,
+            args.templates or zero_shot.DEFAULT_TEMPLATES, embedding, **embed_kwargs,
+        )
+        return metrics, {**extra, "embedding": embedding, "class_names": class_names}
+
+    columns = [args.image_column, args.caption_column, args.label_column]
+    for split in (train_split, eval_split):
+        _check_columns(split, columns)
+    labels = {name: _label_ids(split, args.label_column, args.class_names)[0]
+              for name, split in (("train", train_split), ("test", eval_split))}
+    if args.task == "probe":
+        embeddings = args.embedding or [name for name in available_embeddings(model) if name != "pooler"]
+        features = {
+            name: embed_pairs(model, processor, split[args.image_column], split[args.caption_column], embeddings,
+                              **embed_kwargs)
+            for name, split in (("train", train_split), ("test", eval_split))
+        }
+        metrics = {
+            f"{embedding}_accuracy": linear_probe_accuracy(
+                features["train"][embedding], labels["train"], features["test"][embedding], labels["test"]
+            )
+            for embedding in embeddings
+        }
+        return metrics, {**extra, "num_train_samples": len(train_split)}
+
+    embeddings = args.embedding or [name for name in ("shared", "unique") if name in available_embeddings(model)]
+    metrics = information.information_report(
+        model, processor,
+        train=(train_split[args.image_column], train_split[args.caption_column], labels["train"]),
+        test=(eval_split[args.image_column], eval_split[args.caption_column], labels["test"]),
+        embeddings=embeddings, embed_kwargs=embed_kwargs, steps=args.critic_steps, seed=args.seed,
+    )
+    return metrics, {**extra, "num_train_samples": len(train_split)}
+
+
+# ----------------------------------------------------------------------------- output
+def format_table(record: dict[str, Any]) -> str:
+    """A readable two-column table of a results record."""
+    header = [f"{key}: {record[key]}" for key in ("task", "model", "data", "split", "embedding") if key in record]
+    rows = [(name, f"{value:.4f}" if isinstance(value, float) else str(value)) for name, value in record["metrics"].items()]
+    width = max(len("metric"), *(len(name) for name, _ in rows))
+    lines = [*header, "", f"{'metric':<{width}}  value", f"{'-' * width}  {'-' * 8}"]
+    lines += [f"{name:<{width}}  {value}" for name, value in rows]
+    return "\n".join(lines)
+
+
+def run(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parse ``argv``, evaluate, print the table, write ``--out``; returns the results record."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    import torch
+    from transformers import AutoModel, AutoProcessor
+
+    import factorcl_hf  # noqa: F401  (registers the "factorcl" model type with AutoModel)
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModel.from_pretrained(args.model).to(args.device).eval()
+    processor = AutoProcessor.from_pretrained(args.model)
+    try:
+        metrics, extra = _run_task(args, model, processor)
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    record = {
+        "task": args.task,
+        "model": str(args.model),
+        "data": args.data[0] if len(args.data) == 1 else list(args.data),
+        **extra,
+        "metrics": metrics,
+    }
+    print(format_table(record))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        print(f"\nwrote {os.fspath(out)}")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (``factorcl-evaluate``): exit status 0 on success."""
+    run(argv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

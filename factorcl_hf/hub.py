@@ -1,0 +1,304 @@
+"""Publishing FactorCL models: a model card from ``model_cards/``, and the push to the Hub.
+
+* :func:`build_model_card` renders ``model_cards/factorcl_model_card.md`` with
+  ``ModelCardData`` metadata (library, tags, base model, datasets, pipeline tag and a
+  model-index built from evaluation records) and a body explaining the shared/unique
+  embeddings, loading with and without ``factorcl-hf``, training and limitations.
+* :func:`save_for_hub` writes model + processor + ``README.md`` into one folder that loads
+  with ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` and with the stock
+  ``zero-shot-image-classification`` pipeline, even where ``factorcl_hf`` is not installed.
+* :func:`push_to_hub` uploads that folder; network failures become a ``RuntimeError`` that
+  names the repository and says the Hub could not be reached.
+
+Evaluation records are what ``python -m factorcl_hf.evaluation --out`` writes:
+``{"task": ..., "data" or "dataset": ..., "split": ..., "metrics": {name: value}}``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MODEL_CARD_TEMPLATE",
+    "MODEL_CARD_TAGS",
+    "build_model_card",
+    "save_model_card",
+    "save_for_hub",
+    "push_to_hub",
+]
+
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "factorcl_model_card.md"
+MODEL_CARD_TAGS = ("factorcl", "contrastive-learning", "multimodal", "clip")
+PIPELINE_TAG = "zero-shot-image-classification"
+# Short enough for small text position tables; also CLIP's customary prompt.
+HYPOTHESIS_TEMPLATE = "a photo of a {}."
+
+OBJECTIVES = {
+    "factorcl_ssl": ("FactorCL-SSL", "separate shared and unique representations learned with six mutual-information "
+                     "bounds, augmented views standing in for labels"),
+    "factorcl_sup": ("FactorCL-SUP", "separate shared and unique representations learned with six mutual-information "
+                     "bounds conditioned on the labels"),
+    "simclr": ("SimCLR", "the cross-modal InfoNCE (CLIP) loss, which keeps shared information only"),
+    "supcon": ("SupCon", "the supervised contrastive loss over both modalities' embeddings"),
+    "cross_self": ("Cross+Self", "cross-modal InfoNCE plus InfoNCE between each sample and its augmented view"),
+    "ourcl_ssl": ("OurCL-SSL", "the FactorCL-SSL objective on one representation, without separate shared/unique heads"),
+    "ourcl_sup": ("OurCL-SUP", "the FactorCL-SUP objective on one representation, without separate shared/unique heads"),
+}
+# Objectives whose representation splits into Z_S = [shared; shared_cond] (2 heads) and
+# Z_U = [unique; unique_label; unique_cond] (3 heads), see objectives.FactorCLObjective.
+_FACTORIZED = ("factorcl_ssl", "factorcl_sup")
+# Evaluation task -> (model-index task type, pretty task name).
+_TASKS = {
+    "retrieval": ("image-text-retrieval", "Image-text retrieval"),
+    "zero_shot": ("zero-shot-image-classification", "Zero-shot image classification"),
+    "irfl_mc": ("multiple-choice", "IRFL multiple choice"),
+    "irfl_type": ("image-text-classification", "IRFL figurative-type linear probe"),
+    "probe": ("image-text-classification", "Linear probe"),
+    "information": ("mutual-information-estimation", "Label information (nats)"),
+}
+
+
+def _config_of(model_or_config):
+    config = getattr(model_or_config, "config", model_or_config)
+    if getattr(config, "model_type", None) != "factorcl":
+        raise ValueError(
+            f"`model_or_config` must be a FactorCLModel or FactorCLConfig, got {type(model_or_config).__name__}"
+        )
+    return config
+
+
+def _records(eval_results) -> list[Mapping[str, Any]]:
+    if eval_results is None:
+        return []
+    records = [eval_results] if isinstance(eval_results, Mapping) else list(eval_results)
+    for record in records:
+        if not isinstance(record, Mapping) or not isinstance(record.get("metrics"), Mapping) or "task" not in record:
+            raise ValueError(
+                "`eval_results` must be an evaluation record {'task', 'data' or 'dataset', 'metrics': {...}} "
+                "(as written by `python -m factorcl_hf.evaluation --out`) or a list of them"
+            )
+    return records
+
+
+def _dataset_name(record: Mapping[str, Any]) -> str:
+    name = record.get("dataset") or record.get("data") or "unknown"
+    if isinstance(name, (list, tuple)):
+        name = ", ".join(Path(str(part)).name for part in name)
+    return Path(str(name).rstrip("/")).name or str(name)
+
+
+def _eval_results(records: list[Mapping[str, Any]]):
+    from huggingface_hub import EvalResult
+
+    results, rows = [], []
+    for record in records:
+        task_type, task_name = _TASKS.get(record["task"], (str(record["task"]), str(record["task"])))
+        dataset = _dataset_name(record)
+        split = record.get("split")
+        for metric, value in record["metrics"].items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if record.get("embedding"):
+                metric_name = f"{metric} ({record['embedding']} embedding)"
+            else:
+                metric_name = metric
+            results.append(EvalResult(
+                task_type=task_type, task_name=task_name,
+                dataset_type=record.get("dataset_type", dataset), dataset_name=dataset, dataset_split=split,
+                metric_type=metric, metric_name=metric_name, metric_value=float(value),
+            ))
+            rows.append({"task": task_name, "dataset": dataset, "split": split or "", "metric": metric_name,
+                         "value": f"{float(value):.4f}"})
+    return results, rows
+
+
+def build_model_card(
+    model_or_config,
+    eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
+    base_model: str | None = None,
+    datasets: str | Sequence[str] | None = None,
+    training_summary: str | Mapping[str, Any] | None = None,
+    *,
+    model_name: str | None = None,
+    repo_id: str | None = None,
+    license: str | None = None,
+    template_path: str | os.PathLike | None = None,
+):
+    """Render the FactorCL model card.
+
+    Args:
+        model_or_config: the ``FactorCLModel`` (or its ``FactorCLConfig``) being published.
+        eval_results: one evaluation record or a list (see the module docstring); each numeric
+            metric becomes a model-index ``EvalResult`` and a row of the card's table.
+        base_model: Hub id of the CLIP checkpoint it started from (e.g. ``openai/clip-vit-base-patch32``).
+        datasets: Hub id(s) or names of the training data.
+        training_summary: free text, or a mapping such as ``{"epochs": 10, "learning_rate": 1e-6}``
+            rendered as a list.
+        model_name: title and model-index name (default: the repo name or ``clip-<objective>``).
+        repo_id: used in the card's loading snippets (default: ``model_name``).
+        license: SPDX-style license id for the metadata.
+        template_path: another Jinja template (default: :data:`MODEL_CARD_TEMPLATE`).
+
+    Returns:
+        A ``huggingface_hub.ModelCard``.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = _config_of(model_or_config)
+    template = Path(template_path) if template_path is not None else MODEL_CARD_TEMPLATE
+    if not template.is_file():
+        raise ValueError(f"model card template {str(template)!r} does not exist")
+    if isinstance(datasets, str):
+        datasets = [datasets]
+    datasets = list(datasets) if datasets else None
+    if training_summary is not None and not isinstance(training_summary, (str, Mapping)):
+        raise ValueError("`training_summary` must be a string or a mapping of training settings")
+
+    objective = config.objective
+    title, description = OBJECTIVES.get(objective, (objective, "a contrastive objective"))
+    model_name = model_name or (repo_id.split("/")[-1] if repo_id else f"clip-{objective.replace('_', '-')}")
+    results, rows = _eval_results(_records(eval_results))
+    factorized = objective in _FACTORIZED
+    head_dim = config.head_dim
+    shared_dim = 2 * head_dim if factorized else head_dim
+    unique_dim = 3 * head_dim if factorized else 0
+
+    card_data = ModelCardData(
+        model_name=model_name,
+        library_name="transformers",
+        pipeline_tag=PIPELINE_TAG,
+        tags=list(MODEL_CARD_TAGS),
+        base_model=base_model,
+        datasets=datasets,
+        license=license,
+        eval_results=results or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template),
+        model_name=model_name,
+        repo_id=repo_id or model_name,
+        objective=objective,
+        objective_title=title,
+        objective_description=description,
+        factorized=factorized,
+        pooler_dim=head_dim,
+        shared_dim=shared_dim,
+        unique_dim=unique_dim,
+        factorized_dim=shared_dim + unique_dim,
+        backbone_dim=config.backbone_embed_dim,
+        base_model=base_model,
+        datasets=datasets,
+        training_items=list(training_summary.items()) if isinstance(training_summary, Mapping) else [],
+        training_text=training_summary if isinstance(training_summary, str) else None,
+        eval_rows=rows,
+        hypothesis_template=HYPOTHESIS_TEMPLATE,
+    )
+
+
+def save_model_card(save_directory: str | os.PathLike, model_or_config, *args, **kwargs):
+    """Build the card (arguments of :func:`build_model_card`) and write it as
+    ``save_directory/README.md``; returns the card."""
+    card = build_model_card(model_or_config, *args, **kwargs)
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    card.save(directory / "README.md")
+    return card
+
+
+def _map_zero_shot_auto_class(model) -> None:
+    """Add ``AutoModelForZeroShotImageClassification`` to the saved ``auto_map``.
+
+    ``register_for_auto_class`` records one auto class (``AutoModel``); the stock pipeline
+    loads through the zero-shot auto class, so without this entry
+    ``pipeline(..., trust_remote_code=True)`` fails where ``factorcl_hf`` is not installed.
+    """
+    if getattr(model, "_auto_class", None) is None:
+        return  # no code is saved with the weights, so no auto_map either
+    module = type(model).__module__.rsplit(".", 1)[-1]
+    auto_map = dict(getattr(model.config, "auto_map", None) or {})
+    auto_map.setdefault("AutoModelForZeroShotImageClassification", f"{module}.{type(model).__name__}")
+    model.config.auto_map = auto_map
+
+
+def save_for_hub(save_directory: str | os.PathLike, model, processor=None, card=None) -> Path:
+    """Write model (safetensors, config, code), processor and ``README.md`` into one folder."""
+    directory = Path(save_directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _map_zero_shot_auto_class(model)
+    model.save_pretrained(directory)
+    if processor is not None:
+        processor.save_pretrained(directory)
+    if card is not None:
+        card.save(directory / "README.md")
+    return directory
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    # huggingface_hub raises its HTTP client's errors for connection failures (httpx or
+    # httpx2 depending on the version); HfHubHTTPError derives from that client's HTTPError.
+    from huggingface_hub.errors import HfHubHTTPError
+
+    client_errors = tuple(base for base in HfHubHTTPError.__mro__ if base.__name__ == "HTTPError")
+    return (OSError, *client_errors)
+
+
+def push_to_hub(
+    model,
+    processor,
+    repo_id: str,
+    card=None,
+    token: str | None = None,
+    private: bool = False,
+    commit_message: str = "Upload FactorCL model",
+) -> str:
+    """Create ``repo_id`` (if needed) and upload model + processor + model card in one commit.
+
+    Args:
+        model: the ``FactorCLModel`` to publish.
+        processor: its processor (saved beside it so pipelines can load the folder).
+        repo_id: ``"user/name"`` on the Hub.
+        card: a ``ModelCard`` (default: :func:`build_model_card` of ``model`` without results).
+        token: Hub token (default: the logged-in one).
+        private: create the repository as private.
+
+    Returns:
+        The URL of the commit.
+
+    Raises:
+        RuntimeError: the Hub could not be reached (offline, connection refused, ...) or it
+            refused the upload; the message names ``repo_id``.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    if not isinstance(repo_id, str) or not repo_id.strip() or repo_id.count("/") > 1:
+        raise ValueError(f"`repo_id` must be a Hub repository id like 'user/name', got {repo_id!r}")
+    if card is None:
+        card = build_model_card(model, repo_id=repo_id)
+    api = HfApi(token=token)
+    network_errors = _transport_errors()
+    with tempfile.TemporaryDirectory(prefix="factorcl-push-") as folder:
+        save_for_hub(folder, model, processor, card)
+        try:
+            api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=folder, commit_message=commit_message, repo_type="model"
+            )
+        except OfflineModeIsEnabled as error:
+            raise RuntimeError(
+                f"Cannot push to {repo_id!r}: the Hugging Face Hub could not be reached because offline mode "
+                "is enabled (HF_HUB_OFFLINE=1); unset it to push."
+            ) from error
+        except HfHubHTTPError as error:
+            raise RuntimeError(f"The Hugging Face Hub at {api.endpoint} refused the push to {repo_id!r}: {error}") from error
+        except network_errors as error:
+            raise RuntimeError(
+                f"Cannot push to {repo_id!r}: the Hugging Face Hub at {api.endpoint} could not be reached ({error}). "
+                "Check the network connection or HF_ENDPOINT and try again."
+            ) from error
+    return str(getattr(commit, "commit_url", commit))
