@@ -66,8 +66,9 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     return final
 
 
-def save_pretrained_atomically(model, processor, final_dir: str | os.PathLike) -> Path:
-    """``save_pretrained`` of model (+ processor) into ``final_dir`` via a staging folder."""
+def save_pretrained_atomically(model, processor, final_dir: str | os.PathLike, card=None) -> Path:
+    """``save_pretrained`` of model (+ processor, + model card as README.md) into
+    ``final_dir`` via a staging folder."""
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-", dir=final_dir.parent))
@@ -75,6 +76,8 @@ def save_pretrained_atomically(model, processor, final_dir: str | os.PathLike) -
         model.save_pretrained(staging)
         if processor is not None:
             processor.save_pretrained(staging)
+        if card is not None:
+            card.save(staging / "README.md")
         _replace(staging, final_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

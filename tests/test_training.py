@@ -89,6 +89,12 @@ def test_objectives_train_evaluate_save_and_reload(data_dir, tmp_path, objective
     AutoProcessor.from_pretrained(tmp_path / "model")
     assert model.config.objective == objective
     assert not list(tmp_path.glob("model-*")) and not list(tmp_path.glob(".model-*")), "staging folders left behind"
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    assert card.data.library_name == "transformers"
+    reported = {m["type"]: m["value"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
+    assert any(value == pytest.approx(results["probe_acc"]) for value in reported.values())
 
 
 def test_two_processes_see_different_data(data_dir, tmp_path):

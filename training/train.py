@@ -344,13 +344,18 @@ def train(args: argparse.Namespace) -> TrainingRun:
         (output_dir / f"seen_rows.rank{accelerator.process_index}.json").write_text(json.dumps(seen_rows))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        final_dir = output_dir / "model"
-        save_pretrained_atomically(unwrapped, processor, final_dir)
+        card = training_model_card(unwrapped, args, results, train_source)
+        final_dir = save_pretrained_atomically(unwrapped, processor, output_dir / "model", card=card)
         results["model_dir"] = str(final_dir)
         (output_dir / "results.json").write_text(json.dumps(results, indent=2))
         (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
         if args.push_to_hub:
-            push_trained_model(unwrapped, processor, args, results)
+            from factorcl_hf.hub import push_to_hub
+
+            if not args.hub_model_id:
+                raise ValueError("`hub_model_id` is required with --push_to_hub")
+            url = push_to_hub(unwrapped, processor, args.hub_model_id, card)
+            log.info("Pushed to %s", url)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainingRun(results, unwrapped, processor)
@@ -395,19 +400,33 @@ def build_model_and_processor(args, train_set, label_column, config_class, model
     return model_class(config_class(clip_config=clip_config, **overrides)), tiny_clip_processor(tokenizer, args.tiny_image_size)
 
 
-def push_trained_model(model, processor, args, results):
-    from factorcl_hf.hub import build_model_card, push_to_hub
+def training_model_card(model, args, results, train_source):
+    """The model card saved with (and pushed with) the trained model: evaluation results in
+    the model-index, the recipe in the body."""
+    from factorcl_hf.hub import build_model_card
 
-    if not args.hub_model_id:
-        raise ValueError("`hub_model_id` is required with --push_to_hub")
-    card = build_model_card(
+    metrics = {k: v for k, v in results.items() if isinstance(v, float)}
+    records = []
+    for task, keys in (("retrieval", "retrieval_"), ("probe", "probe_acc")):
+        chosen = {k: v for k, v in metrics.items() if k.startswith(keys) or k.endswith(keys)}
+        if chosen:
+            records.append({"task": task, "data": str(train_source), "split": args.eval_split, "metrics": chosen})
+    summary = {
+        "objective": args.objective,
+        "steps": results["steps"],
+        "learning_rate": args.learning_rate,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "mixed_precision": args.mixed_precision,
+        "seed": args.seed,
+    }
+    return build_model_card(
         model,
-        eval_results={k: v for k, v in results.items() if isinstance(v, float)},
+        records,
         base_model=args.clip_model,
-        datasets=[args.train_data] if args.train_data else None,
-        training_summary=f"{args.objective}, {results['steps']} steps, lr {args.learning_rate}, batch {args.per_device_train_batch_size}",
+        datasets=[str(args.train_data)] if args.train_data and not Path(str(args.train_data)).exists() else None,
+        training_summary=summary,
+        repo_id=args.hub_model_id,
     )
-    push_to_hub(model, processor, args.hub_model_id, card)
 
 
 def main(argv=None) -> dict:
