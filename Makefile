@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test clean
 
 install: $(STAMP)
 
@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,tensorboard]"
 	touch $(STAMP)
 
+# The main job: embedded data -> train FactorCL-SSL and the CLIP-loss baseline -> evaluate
+# -> save -> reload -> outputs/demo/results.json (see training/demo.py).
 demo: $(STAMP)
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python examples/mi_estimation.py --out outputs/mi
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m training.demo --output_dir outputs/demo
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
