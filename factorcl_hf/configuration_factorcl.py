@@ -98,8 +98,8 @@ class FactorCLConfig(PreTrainedConfig):
         for name in ("head_dim", "head_hidden_dim", "critic_hidden_dim", "critic_num_hidden_layers", "critic_embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
-        if self.club_critic_steps < 0:
-            raise ValueError(f"`club_critic_steps` must be >= 0, got {self.club_critic_steps}")
+        if self.club_critic_steps < 1:
+            raise ValueError(f"`club_critic_steps` must be >= 1 (k in the paper), got {self.club_critic_steps}")
         if not self.logit_temperature > 0:
             raise ValueError(f"`logit_temperature` must be > 0, got {self.logit_temperature}")
         if not self.critic_learning_rate > 0:

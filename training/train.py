@@ -167,7 +167,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
-    from factorcl_hf import FactorCLConfig, FactorCLModel
+    from factorcl_hf.augmentations import ImageAugmentation, TextAugmentation
+    from factorcl_hf.checkpointing import TrainState, latest_checkpoint, save_checkpoint, save_pretrained_atomically
     from factorcl_hf.configuration_factorcl import OBJECTIVE_NAMES, SUPERVISED_OBJECTIVES
     from factorcl_hf.data.image_text import (
         ImageTextCollator,
@@ -175,10 +176,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
         drop_undecodable_images,
         load_image_text_dataset,
     )
-    from factorcl_hf.objectives import train_club_critics
-
-    from factorcl_hf.checkpointing import TrainState, latest_checkpoint, save_checkpoint, save_pretrained_atomically
     from factorcl_hf.evaluation.image_text import evaluate_image_text
+    from factorcl_hf.objectives import train_club_critics
 
     if args.objective not in OBJECTIVE_NAMES:
         raise ValueError(f"`objective` must be one of {OBJECTIVE_NAMES}, got {args.objective!r}")
@@ -232,10 +231,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
         )
 
     # -- model and processor
-    model, processor = build_model_and_processor(args, train_set, label_column, FactorCLConfig, FactorCLModel)
+    model, processor = build_model_and_processor(args, train_set, label_column)
     config = model.config
-    from factorcl_hf.augmentations import ImageAugmentation, TextAugmentation
-
     uses_views = config.uses_augmented_views
     collator = ImageTextCollator(
         processor,
@@ -361,9 +358,11 @@ def train(args: argparse.Namespace) -> TrainingRun:
     return TrainingRun(results, unwrapped, processor)
 
 
-def build_model_and_processor(args, train_set, label_column, config_class, model_class):
+def build_model_and_processor(args, train_set, label_column):
     """A CLIP checkpoint wrapped with fresh FactorCL heads, or a tiny random CLIP with a
     tokenizer built from the training captions (offline)."""
+    from factorcl_hf import FactorCLConfig, FactorCLModel
+
     overrides = dict(
         objective=args.objective,
         head_dim=args.head_dim,
@@ -382,7 +381,7 @@ def build_model_and_processor(args, train_set, label_column, config_class, model
     if args.clip_model:
         from transformers import AutoProcessor
 
-        return model_class.from_clip(args.clip_model, **overrides), AutoProcessor.from_pretrained(args.clip_model)
+        return FactorCLModel.from_clip(args.clip_model, **overrides), AutoProcessor.from_pretrained(args.clip_model)
     from factorcl_hf.tiny import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 
     max_length = 32
@@ -397,7 +396,7 @@ def build_model_and_processor(args, train_set, label_column, config_class, model
         num_layers=args.tiny_num_layers,
         max_position_embeddings=max_length,
     )
-    return model_class(config_class(clip_config=clip_config, **overrides)), tiny_clip_processor(tokenizer, args.tiny_image_size)
+    return FactorCLModel(FactorCLConfig(clip_config=clip_config, **overrides)), tiny_clip_processor(tokenizer, args.tiny_image_size)
 
 
 def training_model_card(model, args, results, train_source):
