@@ -139,7 +139,7 @@ def benchmark_case(
             )
     synchronize = torch.cuda.synchronize if device.startswith("cuda") else None
     timings = time_side_by_side(
-        {name: (lambda m=model: training_step(m, x, y)) for name, model in models.items()},
+        {name: (lambda m=model, x=x, y=y: training_step(m, x, y)) for name, model in models.items()},
         repeats=repeats, min_sample_seconds=0.2, synchronize=synchronize,
     )
     del models, critic, x, y

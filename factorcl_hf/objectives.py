@@ -397,40 +397,22 @@ def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, 
 OBJECTIVES = ("factorcl_ssl", "factorcl_sup", "simclr", "supcon", "cross_self", "ourcl_ssl", "ourcl_sup")
 
 
-def build_objective(
-    name: str,
-    input_dims: tuple[int, int],
-    *,
-    num_labels: int | None = None,
-    head_dim: int = 128,
-    head_hidden_dim: int = 512,
-    critic_type: str = "concat",
-    critic_hidden_dim: int = 512,
-    critic_num_hidden_layers: int = 1,
-    critic_embed_dim: int = 128,
-    alignment_critic_type: str = "concat",
-    temperature: float = 0.1,
-    critic_chunk_size: int | None = None,
-) -> ContrastiveObjective:
-    """Build an objective by name (one of ``OBJECTIVES``)."""
-    common = dict(head_dim=head_dim, head_hidden_dim=head_hidden_dim, num_labels=num_labels, temperature=temperature)
+# Options every objective takes; the critic options only concern FactorCL / OurCL.
+_COMMON_OPTIONS = ("num_labels", "head_dim", "head_hidden_dim", "temperature")
+
+
+def build_objective(name: str, input_dims: tuple[int, int], **options) -> ContrastiveObjective:
+    """Build an objective by name (one of ``OBJECTIVES``). ``options`` are the keyword
+    arguments of :class:`FactorCLObjective`; baselines use the common ones (head sizes,
+    ``num_labels``, ``temperature``) and ignore the critic options."""
     if name in ("factorcl_ssl", "factorcl_sup", "ourcl_ssl", "ourcl_sup"):
         return FactorCLObjective(
-            input_dims,
-            supervised=name.endswith("_sup"),
-            factorized=name.startswith("factorcl"),
-            critic_type=critic_type,
-            critic_hidden_dim=critic_hidden_dim,
-            critic_num_hidden_layers=critic_num_hidden_layers,
-            critic_embed_dim=critic_embed_dim,
-            alignment_critic_type=alignment_critic_type,
-            critic_chunk_size=critic_chunk_size,
-            **common,
+            input_dims, supervised=name.endswith("_sup"), factorized=name.startswith("factorcl"), **options
         )
     baselines = {"simclr": SimCLRObjective, "cross_self": CrossSelfObjective, "supcon": SupConObjective}
     if name not in baselines:
         raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {name!r}")
-    return baselines[name](input_dims, **common)
+    return baselines[name](input_dims, **{k: v for k, v in options.items() if k in _COMMON_OPTIONS})
 
 
 def train_club_critics(

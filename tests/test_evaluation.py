@@ -40,16 +40,6 @@ SMALL_HEADS = dict(head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_
 
 
 # --------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (and on a shared
-    2-core machine, waiting); restored after each test."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def shapes_dir(tmp_path_factory):
     return write_shapes_imagefolder(tmp_path_factory.mktemp("shapes"), num_samples=24, test_fraction=0.5, image_size=32)

@@ -27,16 +27,6 @@ RECORD = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: a second intra-op thread only adds synchronisation (and on a shared
-    2-core machine, waiting); restored after each test."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model_and_processor():
     tokenizer = build_caption_tokenizer(CAPTIONS)

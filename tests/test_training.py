@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file
 from transformers import CLIPModel
 
@@ -40,7 +39,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data_dir, tmp_pat
     resumed_dir = tmp_path / "resumed"
     (resumed_dir / "checkpoints").mkdir(parents=True)
     os.rename(tmp_path / "full" / "checkpoints" / "step_3", resumed_dir / "checkpoints" / "step_3")
-    resumed = train(parse_args(run_flags(data_dir, resumed_dir, *flags, "--resume_from_checkpoint", "latest")))
+    train(parse_args(run_flags(data_dir, resumed_dir, *flags, "--resume_from_checkpoint", "latest")))
     a = load_file(tmp_path / "full" / "model" / "model.safetensors")
     b = load_file(resumed_dir / "model" / "model.safetensors")
     assert a.keys() == b.keys()
