@@ -49,32 +49,46 @@ def _byte_level_symbols() -> list[str]:
 def _train_word_merges(texts: list[str]) -> list[tuple[str, str]]:
     """BPE merges, in rank order, that turn every word of ``texts`` into a single token.
 
-    The trainer uses the CLIP tokenizer's own normaliser and pre-tokeniser, so "words" are
-    exactly the pieces ``CLIPTokenizer`` will later split captions into. Each merge shortens
-    at least one distinct word by a token, so the sum of word lengths bounds the number of
-    merges and a vocabulary that large lets training run until every word is whole.
+    Words are exactly the pieces ``CLIPTokenizer`` will later split captions into (its own
+    normaliser and pre-tokeniser). The merges are learned by the textbook BPE loop — merge
+    the most frequent adjacent pair until every word is one symbol — with ties broken by the
+    pair itself. (``tokenizers``' trainer breaks ties in hash-map order, so the same captions
+    could give different vocabularies from run to run.)
     """
-    from tokenizers import Tokenizer, models, trainers
+    from collections import Counter
+
     from transformers import CLIPTokenizer
 
     reference = CLIPTokenizer().backend_tokenizer
-    tokenizer = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix=_END_OF_WORD))
-    tokenizer.normalizer = reference.normalizer
-    tokenizer.pre_tokenizer = reference.pre_tokenizer
-
-    words = {
+    counts = Counter(
         word
         for text in texts
         for word, _ in reference.pre_tokenizer.pre_tokenize_str(reference.normalizer.normalize_str(text))
-    }
-    trainer = trainers.BpeTrainer(
-        vocab_size=len(_byte_level_symbols()) + sum(len(word) for word in words),
-        min_frequency=0,
-        show_progress=False,
-        end_of_word_suffix=_END_OF_WORD,
     )
-    tokenizer.train_from_iterator(texts, trainer)
-    return [tuple(pair) for pair in json.loads(tokenizer.to_str())["model"]["merges"]]
+    segments = {word: (*word[:-1], word[-1] + _END_OF_WORD) for word in counts}
+    merges: list[tuple[str, str]] = []
+    while True:
+        pairs: Counter = Counter()
+        for word, symbols in segments.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += counts[word]
+        if not pairs:
+            return merges
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append(best)
+        segments = {word: _merge_pair(symbols, best) for word, symbols in segments.items()}
+
+
+def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
+    merged, i = [], 0
+    while i < len(symbols):
+        if symbols[i : i + 2] == pair:
+            merged.append(pair[0] + pair[1])
+            i += 2
+        else:
+            merged.append(symbols[i])
+            i += 1
+    return tuple(merged)
 
 
 def build_caption_tokenizer(

@@ -98,6 +98,9 @@ def test_card_of_a_non_factorized_objective_and_bad_input(model_and_processor):
 FRESH_SCRIPT = r"""
 import json, sys
 import torch
+# Simulate an environment without factorcl-hf: where the package is installed (an editable
+# install puts it on every interpreter's path), make importing it fail.
+sys.modules["factorcl_hf"] = None
 try:
     import factorcl_hf
 except ImportError:
@@ -110,7 +113,7 @@ from transformers import AutoModel, pipeline
 folder, inputs_path, out_path = sys.argv[1:4]
 inputs = torch.load(inputs_path)
 model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-assert "factorcl_hf" not in sys.modules, "the remote code must not import the package"
+assert sys.modules["factorcl_hf"] is None, "the remote code must not import the package"
 with torch.no_grad():
     image = model.get_image_features(pixel_values=inputs["pixel_values"])
     text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
