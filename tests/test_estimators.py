@@ -14,6 +14,7 @@ from factorcl_hf.estimators import (
     condition_on,
     infonce_lower_bound,
 )
+from factorcl_hf.estimators import _PairwiseReluLinear  # the fused layer behind ConcatCritic
 
 
 def unsplit_mlp(critic: ConcatCritic) -> nn.Sequential:
@@ -141,3 +142,101 @@ def test_bad_inputs_name_the_argument():
         build_critic("bilinear", 2, 2)
     with pytest.raises(ValueError, match="x_dim == y_dim"):
         CosineCritic(2, 3)
+
+
+# ----------------------------------------------------------- fused first hidden layer
+def _double_leaf(*shape, generator):
+    return torch.randn(*shape, dtype=torch.double, generator=generator).requires_grad_()
+
+
+@pytest.mark.parametrize("out_dim", [1, 4])
+@pytest.mark.parametrize("rows,cols,block_rows", [(5, 4, 5), (5, 4, 2), (6, 3, 1), (3, 7, 8)])
+def test_fused_pairwise_layer_gradcheck(out_dim, rows, cols, block_rows):
+    """Finite differences in double precision, every input, whole and row-blocked passes."""
+    g = torch.Generator().manual_seed(rows * 10 + cols + out_dim)
+    hidden = 6
+    inputs = (
+        _double_leaf(rows, hidden, generator=g),
+        _double_leaf(cols, hidden, generator=g),
+        _double_leaf(out_dim, hidden, generator=g),
+        _double_leaf(out_dim, generator=g),
+    )
+
+    def fused(hx, hy, weight, bias):
+        return _PairwiseReluLinear.apply(hx, hy, weight, bias, block_rows)
+
+    assert torch.autograd.gradcheck(fused, inputs)
+    hx, hy, weight, bias = inputs
+    expected = torch.relu(hx[:, None, :] + hy[None, :, :]) @ weight.T + bias  # the unfused layer
+    torch.testing.assert_close(fused(*inputs), expected)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+@pytest.mark.parametrize("chunk", [None, 2, 3])
+def test_concat_critic_gradcheck(layers, chunk):
+    """The critic as a function of its inputs *and* parameters, with and without chunking."""
+    torch.manual_seed(layers * 7 + (chunk or 0))
+    critic = ConcatCritic(3, 4, hidden_dim=5, num_hidden_layers=layers, chunk_size=chunk).double()
+    names = [name for name, _ in critic.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_() for p in critic.parameters())
+    x = torch.randn(5, 3, dtype=torch.double, requires_grad=True)
+    y = torch.randn(4, 4, dtype=torch.double, requires_grad=True)
+
+    def scores(x, y, *params):
+        return torch.func.functional_call(critic, dict(zip(names, params)), (x, y))
+
+    assert torch.autograd.gradcheck(scores, (x, y, *params))
+
+
+@pytest.mark.parametrize("out_dim", [1, 3])
+def test_fused_layer_partial_gradients_match_full(out_dim):
+    """Only the requested gradients are computed, and they equal the full backward's."""
+    g = torch.Generator().manual_seed(3)
+    inputs = [_double_leaf(*shape, generator=g) for shape in ((6, 5), (4, 5), (out_dim, 5), (out_dim,))]
+    weights = torch.randn(6, 4, out_dim, dtype=torch.double, generator=g)
+    full = torch.autograd.grad((_PairwiseReluLinear.apply(*inputs, 2) * weights).sum(), inputs)
+    for subset in ([0], [1], [2, 3], [0, 2]):
+        chosen = [inputs[i] for i in subset]
+        partial = torch.autograd.grad((_PairwiseReluLinear.apply(*inputs, 2) * weights).sum(), chosen)
+        for i, grad in zip(subset, partial):
+            torch.testing.assert_close(grad, full[i])
+
+
+def _largest_saved_tensor(critic, x, y) -> int:
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        (-infonce_lower_bound(critic(x, y))).backward()
+    return max(sizes)
+
+
+def test_one_hidden_layer_critic_keeps_no_pairwise_activation():
+    """Training memory: nothing of size B·B·H is saved for backward (B·H at most)."""
+    torch.manual_seed(0)
+    batch, dim, hidden = 24, 6, 16
+    x, y = torch.randn(batch, dim, requires_grad=True), torch.randn(batch, dim, requires_grad=True)
+    assert _largest_saved_tensor(ConcatCritic(dim, dim, hidden), x, y) <= batch * max(hidden, batch)
+    # The two-layer head keeps one [B, B, H] activation (its second layer's input), no more.
+    two = _largest_saved_tensor(ConcatCritic(dim, dim, hidden, num_hidden_layers=2), x, y)
+    assert two == batch * batch * hidden
+
+
+def test_concat_critic_under_bf16_autocast_matches_unfused():
+    torch.manual_seed(0)
+    critic = ConcatCritic(8, 8, hidden_dim=16)
+    x, y = torch.randn(12, 8, requires_grad=True), torch.randn(12, 8, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        scores = critic(x, y)
+        reference = tiled_scores(unsplit_mlp(critic), x, y)
+    assert scores.dtype == torch.bfloat16
+    torch.testing.assert_close(scores.float(), reference.float(), atol=0.05, rtol=0.05)
+    shared = [x, y, *critic.head.parameters()]  # the unsplit MLP copies the first layer
+    grads = torch.autograd.grad(scores.float().sum(), shared)
+    ref_grads = torch.autograd.grad(reference.float().sum(), shared)
+    for grad, ref, param in zip(grads, ref_grads, shared):
+        assert grad.dtype == param.dtype
+        torch.testing.assert_close(grad, ref, atol=0.05 * ref.abs().max().item(), rtol=0.05)
