@@ -48,7 +48,7 @@ from benchmarks.objective_step import naive_club_critic_loss, naive_terms, relat
 from benchmarks.train_step import clip_loss  # noqa: E402
 from factorcl_hf.data.synthetic import SyntheticSplit, make_synthetic  # noqa: E402
 from factorcl_hf.encoders import VectorFactorCL  # noqa: E402
-from factorcl_hf.synthetic_benchmark import BenchmarkSettings, train_model  # noqa: E402
+from factorcl_hf.synthetic_benchmark import BenchmarkSettings, build_model, train_model  # noqa: E402
 
 VARIANTS = {  # name: (objective, critic hidden layers)
     "simclr": ("simclr", 1),
@@ -68,25 +68,10 @@ def reference_settings(smoke: bool = False) -> BenchmarkSettings:
 
 
 def build_variant(name: str, input_dims: tuple[int, int], num_labels: int, settings: BenchmarkSettings, seed: int = 0):
-    """The synthetic benchmark's model for ``name`` (``synthetic_benchmark.build_model`` plus
-    the critic depth, which its settings do not expose)."""
+    """The synthetic benchmark's model for ``name``, with the variant's critic depth."""
     objective, layers = VARIANTS[name]
     torch.manual_seed(seed)
-    return VectorFactorCL(
-        input_dims,
-        objective,
-        hidden_dim=settings.encoder_hidden_dim,
-        embed_dim=settings.embed_dim,
-        num_layers=settings.encoder_layers,
-        num_labels=num_labels,
-        head_dim=settings.head_dim,
-        head_hidden_dim=settings.head_hidden_dim,
-        critic_type=settings.critic_type,
-        critic_hidden_dim=settings.critic_hidden_dim,
-        critic_num_hidden_layers=layers,
-        alignment_critic_type=settings.alignment_critic_type,
-        temperature=settings.temperature_for(objective),
-    )
+    return build_model(objective, input_dims, num_labels, settings, critic_num_hidden_layers=layers)
 
 
 def first_steps(split: SyntheticSplit, steps: int, batch_size: int) -> SyntheticSplit:

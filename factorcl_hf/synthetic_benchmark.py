@@ -122,12 +122,13 @@ def _check_method(method: str):
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
 
 
-def build_model(method: str, input_dims: tuple[int, int], num_labels: int, settings: BenchmarkSettings) -> VectorFactorCL:
-    """MLP encoders plus the objective ``method`` (parameters drawn from torch's global RNG)."""
+def build_model(
+    method: str, input_dims: tuple[int, int], num_labels: int, settings: BenchmarkSettings, **overrides
+) -> VectorFactorCL:
+    """MLP encoders plus the objective ``method`` (parameters drawn from torch's global RNG);
+    ``overrides`` replace or add objective options (e.g. ``critic_num_hidden_layers``)."""
     _check_method(method)
-    return VectorFactorCL(
-        input_dims,
-        method,
+    options = dict(
         hidden_dim=settings.encoder_hidden_dim,
         embed_dim=settings.embed_dim,
         num_layers=settings.encoder_layers,
@@ -139,6 +140,7 @@ def build_model(method: str, input_dims: tuple[int, int], num_labels: int, setti
         alignment_critic_type=settings.alignment_critic_type,
         temperature=settings.temperature_for(method),
     )
+    return VectorFactorCL(input_dims, method, **{**options, **overrides})
 
 
 def _batches(num_samples: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:

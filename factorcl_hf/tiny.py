@@ -14,7 +14,6 @@ vocabulary from the Hub. Everything here is built from local data:
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 
