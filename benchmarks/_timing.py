@@ -89,6 +89,28 @@ def time_side_by_side(
     }
 
 
+def add_run_arguments(parser) -> None:
+    """The flags every benchmark shares: ``--threads`` and ``--json``."""
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")
+
+
+def apply_threads(args) -> None:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    """Write ``payload`` to ``path`` (creating its folder); nothing when ``path`` is None."""
+    if not path:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2)
+
+
 def _load_factory(reference: str) -> Callable[..., Callable[[], object]]:
     path, _, function_name = reference.rpartition(":")
     if not path or not function_name:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 
@@ -34,7 +33,7 @@ from torch import nn
 # Runnable as a plain script from the repository root without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._timing import peak_memory_bytes, time_side_by_side  # noqa: E402
+from benchmarks._timing import add_run_arguments, apply_threads, peak_memory_bytes, time_side_by_side, write_json  # noqa: E402
 from factorcl_hf.estimators import ConcatCritic, infonce_lower_bound  # noqa: E402
 
 FEATURE_DIM = 512 + 3  # CLIP embedding + one-hot label of a 3-class task
@@ -188,15 +187,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=32, help="chunk_size of the extra run at the largest B (0: skip)")
     parser.add_argument("--no-input-grad", action="store_true", help="inputs do not require gradients")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--json", default=None, metavar="OUT", help="also write the rows to this JSON file")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     batch_sizes = args.batch_sizes or ([64, 128] if args.quick else [64, 128, 256])
     repeats = args.repeats or (3 if args.quick else 7)
     rows = []
@@ -209,13 +206,10 @@ def main(argv=None) -> list[dict]:
     print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} "
           f"x_dim=y_dim={FEATURE_DIM} hidden={HIDDEN_DIM} input_grad={not args.no_input_grad}")
     print_table(rows)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        meta = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "feature_dim": FEATURE_DIM, "hidden_dim": HIDDEN_DIM, "input_grad": not args.no_input_grad,
-                "timing": "median of interleaved rounds, same process", "memory": "see benchmarks/_timing.py"}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    meta = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "feature_dim": FEATURE_DIM, "hidden_dim": HIDDEN_DIM, "input_grad": not args.no_input_grad,
+            "timing": "median of interleaved rounds, same process", "memory": "see benchmarks/_timing.py"}
+    write_json(args.json, {"meta": meta, "rows": rows})
     return rows
 
 

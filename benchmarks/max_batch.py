@@ -22,7 +22,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -31,7 +30,7 @@ import torch
 # Runnable as a plain script from the repository root without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._timing import peak_memory_bytes  # noqa: E402
+from benchmarks._timing import add_run_arguments, apply_threads, peak_memory_bytes, write_json  # noqa: E402
 from benchmarks.objective_step import OBJECTIVES, VARIANTS, Trainer, build_case  # noqa: E402
 
 OUT_OF_MEMORY_MARKERS = ("can't allocate memory", "MemoryError", "bad_alloc", "out of memory")
@@ -131,15 +130,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=64, help="critic_chunk_size of ours")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and budget: seconds")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--json", default=None, metavar="OUT", help="also write the results to this JSON file")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     budget = int(args.budget_gib * 2**30)
     min_batch = args.min_batch or (4 if args.smoke else 64)
     max_batch = args.max_batch or (4 if args.smoke else 1024)
@@ -168,10 +165,7 @@ def main(argv=None) -> dict:
         print(f"ours / naive: {results['ours'] / results['naive']:.2f}x")
     summary = {"meta": {**vars(args), "torch": torch.__version__, "threads": torch.get_num_threads()},
                "largest_batch": results, "probes": probes}
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(summary, f, indent=2)
+    write_json(args.json, summary)
     return summary
 
 

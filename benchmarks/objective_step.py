@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import os
 import sys
@@ -42,7 +41,7 @@ from torch import nn
 # Runnable as a plain script from the repository root without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._timing import peak_memory_bytes, time_side_by_side  # noqa: E402
+from benchmarks._timing import add_run_arguments, apply_threads, peak_memory_bytes, time_side_by_side, write_json  # noqa: E402
 from factorcl_hf.estimators import ConcatCritic, CosineCritic  # noqa: E402
 from factorcl_hf.objectives import FactorCLObjective, build_objective  # noqa: E402
 
@@ -338,15 +337,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--autocast", choices=["bfloat16", "float16"], default=None, help="mixed precision (GPU)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--json", default=None, metavar="OUT", help="also write the rows to this JSON file")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     batch_sizes = args.batch_sizes or ([8] if args.smoke else [64, 256])
     repeats = args.repeats or (1 if args.smoke else 3)
     sizes = (
@@ -370,13 +367,10 @@ def main(argv=None) -> list[dict]:
         f"critic_layers={args.critic_layers}"
     )
     print_table(rows)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        meta = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "autocast": args.autocast, "critic_layers": args.critic_layers, **sizes,
-                "timing": "median of interleaved rounds, same process", "memory": "see benchmarks/_timing.py"}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    meta = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "autocast": args.autocast, "critic_layers": args.critic_layers, **sizes,
+            "timing": "median of interleaved rounds, same process", "memory": "see benchmarks/_timing.py"}
+    write_json(args.json, {"meta": meta, "rows": rows})
     return rows
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import os
 import sys
@@ -43,7 +42,7 @@ import torch
 # Runnable as a plain script from the repository root without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._timing import time_side_by_side  # noqa: E402
+from benchmarks._timing import add_run_arguments, apply_threads, time_side_by_side, write_json  # noqa: E402
 from benchmarks.objective_step import naive_club_critic_loss, naive_terms, relative_difference  # noqa: E402
 from benchmarks.train_step import clip_loss  # noqa: E402
 from factorcl_hf.data.synthetic import SyntheticSplit, make_synthetic  # noqa: E402
@@ -152,15 +151,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed epochs per variant (default 3, smoke 1)")
     parser.add_argument("--two-layer-steps", type=int, default=8, help="steps timed for the 2-layer variant (0: full epochs)")
     parser.add_argument("--smoke", action="store_true", help="small data and widths: seconds")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--json", default=None, metavar="OUT", help="also write the rows to this JSON file")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     settings = reference_settings(args.smoke)
     rows = run(
         settings,
@@ -172,11 +169,8 @@ def main(argv=None) -> list[dict]:
     print(f"threads={torch.get_num_threads()} torch={torch.__version__} batch={settings.batch_size} "
           f"encoders={settings.encoder_hidden_dim}/{settings.embed_dim} critic_hidden={settings.critic_hidden_dim}")
     print_table(rows)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump({"meta": {"threads": torch.get_num_threads(), "torch": torch.__version__,
-                                "settings": settings.to_dict()}, "rows": rows}, f, indent=2)
+    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "settings": settings.to_dict()}
+    write_json(args.json, {"meta": meta, "rows": rows})
     return rows
 
 

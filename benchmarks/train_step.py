@@ -39,7 +39,6 @@ Run::
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -51,7 +50,7 @@ import torch.nn.functional as F
 # Runnable as a plain script from the repository root without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._timing import time_side_by_side  # noqa: E402
+from benchmarks._timing import add_run_arguments, apply_threads, time_side_by_side, write_json  # noqa: E402
 from benchmarks.objective_step import naive_club_critic_loss, naive_terms, relative_difference  # noqa: E402
 from factorcl_hf.objectives import SSL_CONDITIONED_ROLES, FactorCLObjective  # noqa: E402
 
@@ -332,15 +331,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--smoke", action="store_true", help="tiny config only, smaller, one round: seconds")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--autocast", choices=["bfloat16", "float16"], default=None, help="mixed precision")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--json", default=None, metavar="OUT", help="also write the rows to this JSON file")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     configs = ["tiny"] if args.smoke else args.configs
     repeats = args.repeats or (1 if args.smoke else 3)
     rows = []
@@ -353,13 +350,10 @@ def main(argv=None) -> list[dict]:
     print(f"device={args.device} threads={torch.get_num_threads()} torch={torch.__version__} autocast={args.autocast}")
     print("backbone = step - objective - optim; critics = objective - heads - club (see the module docstring)")
     print_table(rows)
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        meta = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                "autocast": args.autocast, "text_length": TEXT_LENGTH,
-                "timing": "median of interleaved rounds, same process"}
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+    meta = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "autocast": args.autocast, "text_length": TEXT_LENGTH,
+            "timing": "median of interleaved rounds, same process"}
+    write_json(args.json, {"meta": meta, "rows": rows})
     return rows
 
 
