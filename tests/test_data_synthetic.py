@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from factorcl_hf.data.synthetic import LATENT_VARIANCE, SyntheticConfig, make_synthetic
+from factorcl_hf.data.synthetic import LATENT_VARIANCE, SyntheticConfig, bayes_accuracy, make_synthetic
 from factorcl_hf.evaluation.probe import latent_decoding_r2, linear_probe_accuracy
 
 NUM_SAMPLES = 4000  # 3200 train / 800 test: a chance-level probe scores 0.5 ± 0.018
@@ -190,3 +190,63 @@ def test_bad_loader_arguments():
 def test_config_accepts_list_unique_dims_from_yaml():
     assert SyntheticConfig(unique_dims=[3, 4]).unique_dims == (3, 4)
     assert np.isclose(SyntheticConfig().to_dict()["unique_share"], 0.5)
+
+
+# ------------------------------------------------------------------ the Bayes ceiling
+def _binary_bayes_by_quadrature(unique_share, label_noise):
+    """E[Phi(|h| / s)] by adaptive quadrature: for two symmetric classes the best rule is
+    sign(h), right with probability Phi(|h| / s). Independent of the Monte Carlo estimator."""
+    from scipy import integrate, stats
+
+    tanh_std = np.sqrt(integrate.quad(lambda t: np.tanh(t) ** 2 * stats.norm.pdf(t), -12, 12)[0])
+
+    def psi(t):
+        return np.tanh(t) / tanh_std
+
+    def right(h):
+        return stats.norm.cdf(abs(h) / label_noise)
+
+    if unique_share == 0.0:
+        # The integrand changes within ~label_noise of h = 0, i.e. of z = 0: tell quad so.
+        return integrate.quad(lambda z: right(psi(z)) * stats.norm.pdf(z), -10, 10, points=[0.0], limit=200)[0]
+    assert unique_share == 1.0
+
+    def inner(z2):
+        return integrate.quad(
+            lambda z1: right((psi(z1) + psi(z2)) / np.sqrt(2.0)) * stats.norm.pdf(z1),
+            -9, 9, points=[-z2], limit=200,
+        )[0]
+
+    # Averaging over z1 smooths the kink away, so the outer integral suits Gauss-Hermite.
+    nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+    return float(sum(w * inner(z2) for z2, w in zip(nodes, weights)) / weights.sum())
+
+
+@pytest.mark.parametrize("unique_share", [0.0, 1.0])
+def test_bayes_accuracy_matches_quadrature(unique_share):
+    expected = _binary_bayes_by_quadrature(unique_share, label_noise=0.1)
+    assert bayes_accuracy(unique_share, label_noise=0.1, num_draws=1 << 21) == pytest.approx(expected, abs=3e-4)
+
+
+def test_bayes_accuracy_limits_and_monotonicity():
+    assert bayes_accuracy(0.5, label_noise=0.0) == 1.0
+    # Overwhelming noise: no classifier beats the largest (here: every) class's share.
+    assert bayes_accuracy(0.5, label_noise=1e3, num_labels=4, num_draws=1 << 16) == pytest.approx(0.25, abs=2e-3)
+    noisier = [bayes_accuracy(1.0, label_noise=s, num_draws=1 << 18) for s in (0.05, 0.1, 0.3, 1.0)]
+    assert noisier == sorted(noisier, reverse=True)
+
+
+def test_bayes_accuracy_bounds_what_the_latents_give(unique_only):
+    """A probe on all latents (what both modalities carry) cannot beat the ceiling by more
+    than its test-set noise (800 test samples: std ~0.007)."""
+    probe = probe_on_latents(unique_only, "shared", "unique1", "unique2")
+    assert probe <= bayes_accuracy(1.0) + 0.02
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [({"unique_share": 1.5}, "unique_share"), ({"label_noise": -1.0}, "label_noise"), ({"num_labels": 1}, "num_labels")],
+)
+def test_bayes_accuracy_rejects_bad_arguments(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        bayes_accuracy(**{"unique_share": 0.5, **kwargs})
