@@ -19,11 +19,15 @@ Run::
 
 writes ``DIR/synthetic_results.json`` (one object per method, unique share and seed:
 ``probe_acc``, ``backbone_probe_acc``, training and probing time, the last epoch's loss terms;
-plus ``method: "raw_inputs"`` objects, the same probe on the raw inputs ``[x1; x2]`` as a
-reference),
+plus two reference lines: ``method: "raw_inputs"``, the same probe on the raw inputs
+``[x1; x2]``, and ``method: "bayes_ceiling"``, the accuracy of the best possible classifier,
+which no method can beat),
 ``DIR/synthetic_probing.json`` (one object per representation and latent block: ``r2``),
 ``DIR/synthetic.png`` (accuracy vs unique share, mean ± std over seeds) and prints Markdown
-tables. ``--quick`` (4,000 samples, batch 64, 5 epochs; FactorCL-SUP/-SSL, SimCLR, SupCon;
+tables. ``--critic-check`` adds, for every FactorCL/OurCL model, the InfoNCE its own CLUB
+critics still find in their heads against a critic refitted on the frozen features (is the
+min-max game tracking? see ``docs/synthetic_benchmark.md``); ``--club-critic-lr`` and
+``--club-critic-steps`` change that game (paper: the encoders' lr, one step). ``--quick`` (4,000 samples, batch 64, 5 epochs; FactorCL-SUP/-SSL, SimCLR, SupCon;
 seeds 0 1 2; shares 0, 0.5, 1) took 5 min 47 s (3 min 55 s CPU) on 2 shared CPU cores.
 Without it the reference settings apply (30,000 samples, batch 256, 10 epochs, all seven
 methods): one FactorCL/OurCL training takes about 8.5 minutes on one CPU core (~0.55 s per
@@ -46,30 +50,49 @@ import torch
 # Runnable as a plain script from the repository root without installing the package.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from factorcl_hf.data.synthetic import make_synthetic  # noqa: E402
+from factorcl_hf.data.synthetic import bayes_accuracy, make_synthetic  # noqa: E402
 from factorcl_hf.evaluation.probe import linear_probe_accuracy  # noqa: E402
-from factorcl_hf.synthetic_benchmark import METHODS, BenchmarkSettings, fit_method, run_method  # noqa: E402
+from factorcl_hf.synthetic_benchmark import (  # noqa: E402
+    METHODS,
+    BenchmarkSettings,
+    club_critic_check,
+    fit_method,
+    run_method,
+)
 
 REFERENCE = dict(num_samples=30000, epochs=10, batch_size=256)
 QUICK = dict(num_samples=4000, epochs=5, batch_size=64)
 QUICK_METHODS = ("factorcl_sup", "factorcl_ssl", "simclr", "supcon")
 REPRESENTATIONS = ("Z_S1", "Z_U1", "Z_S2", "Z_U2")
 LATENTS = ("shared", "unique1", "unique2")
-# Reference records: the linear probe on the raw inputs, no representation learning.
+# Reference records: the linear probe on the raw inputs, no representation learning, and the
+# accuracy of the best possible classifier (the generator's Bayes ceiling).
 INPUT_PROBE = "raw_inputs"
+BAYES = "bayes_ceiling"
+REFERENCE_LINES = (INPUT_PROBE, BAYES)
 
 
 def run_sweep(
-    methods, unique_shares, seeds, num_samples: int, settings: BenchmarkSettings, show_progress: bool = True
+    methods,
+    unique_shares,
+    seeds,
+    num_samples: int,
+    settings: BenchmarkSettings,
+    show_progress: bool = True,
+    critic_check_steps: int = 0,
 ) -> list[dict]:
     """One record per (seed, method, unique share) from :func:`run_method`, plus one
-    :func:`input_probe_record` per (seed, unique share); label-free methods are trained once
-    per seed and reused across shares."""
+    :func:`input_probe_record` and one :func:`bayes_record` per (seed, unique share);
+    label-free methods are trained once per seed and reused across shares. With
+    ``critic_check_steps > 0`` every record of a method with CLUB terms gets
+    ``club_critic_check`` (:func:`~factorcl_hf.synthetic_benchmark.club_critic_check`, its
+    critics refitted for that many steps)."""
     progress = _progress(len(seeds) * len(methods) * len(unique_shares), show_progress, "runs")
     records = []
     for seed in seeds:
         data = {share: make_synthetic(num_samples=num_samples, unique_share=share, seed=seed) for share in unique_shares}
         records += [input_probe_record(splits, seed, settings.probe_max_iter) for splits in data.values()]
+        records += [bayes_record(splits, seed) for splits in data.values()]
         for method in methods:
             fitted = None
             for share in unique_shares:
@@ -82,6 +105,10 @@ def run_sweep(
                         step_bar.close()
                 record = run_method(splits, method, settings, seed, fitted=fitted)
                 record.update(num_samples=num_samples, settings=settings.to_dict())
+                if critic_check_steps and fitted.model.objective.club_estimators:
+                    record["club_critic_check"] = club_critic_check(
+                        fitted.model, splits.train, splits.test, settings, critic_check_steps, seed=seed
+                    )
                 records.append(record)
                 if progress is not None:
                     progress.update(1)
@@ -108,6 +135,24 @@ def input_probe_record(splits, seed: int, probe_max_iter: int = 200) -> dict:
         "backbone_probe_acc": accuracy,
         "train_seconds": 0.0,
         "trained_at_unique_share": float(splits.config.unique_share),
+        "probing": {},
+    }
+
+
+def bayes_record(splits, seed: int) -> dict:
+    """The accuracy of the best possible classifier of this data set's label from ``(x1, x2)``
+    (:func:`~factorcl_hf.data.synthetic.bayes_accuracy`): no method can beat it, up to the
+    test split's sampling noise."""
+    config = splits.config
+    accuracy = bayes_accuracy(config.unique_share, config.label_noise, config.num_labels)
+    return {
+        "method": BAYES,
+        "unique_share": float(config.unique_share),
+        "seed": seed,
+        "probe_acc": accuracy,
+        "backbone_probe_acc": accuracy,
+        "train_seconds": 0.0,
+        "trained_at_unique_share": float(config.unique_share),
         "probing": {},
     }
 
@@ -163,9 +208,9 @@ def _grouped(rows: list[dict], keys: tuple[str, ...], value: str) -> dict[tuple,
 
 
 def _methods_in(records: list[dict]) -> list[str]:
-    """Methods in order of appearance, the raw-input reference last."""
+    """Methods in order of appearance, the reference lines (raw inputs, Bayes ceiling) last."""
     methods = list(dict.fromkeys(r["method"] for r in records))
-    return [m for m in methods if m != INPUT_PROBE] + [m for m in methods if m == INPUT_PROBE]
+    return [m for m in methods if m not in REFERENCE_LINES] + [m for m in REFERENCE_LINES if m in methods]
 
 
 def accuracy_table(records: list[dict], key: str = "probe_acc") -> str:
@@ -201,6 +246,25 @@ def probing_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def critic_check_table(records: list[dict]) -> str:
+    """Markdown table of the CLUB critic check, mean over seeds: the InfoNCE (nats, test split)
+    of each CLUB term's own critic against a critic refitted on the frozen features."""
+    rows = [
+        {"method": r["method"], "unique_share": r["unique_share"], "term": term, **values}
+        for r in records
+        for term, values in r.get("club_critic_check", {}).items()
+    ]
+    keys = ("method", "unique_share", "term")
+    trained, refit = _grouped(rows, keys, "trained"), _grouped(rows, keys, "refit")
+    lines = ["| method | u | CLUB term | own critic | refitted critic |", "|---|---|---|---|---|"]
+    for method, share, term in trained:
+        lines.append(
+            f"| {method} | {share:g} | {term} | {statistics.fmean(trained[(method, share, term)]):.2f} | "
+            f"{statistics.fmean(refit[(method, share, term)]):.2f} |"
+        )
+    return "\n".join(lines)
+
+
 def plot_accuracy(records: list[dict], path: str):
     """Probe accuracy vs unique share, one line per method, error bars = std over seeds."""
     import matplotlib
@@ -213,7 +277,10 @@ def plot_accuracy(records: list[dict], path: str):
     for method in _methods_in(records):
         shares = sorted(share for m, share in groups if m == method)
         stats = [mean_std([100 * v for v in groups[(method, share)]]) for share in shares]
-        style = dict(color="gray", ls="--", marker="") if method == INPUT_PROBE else dict(marker="o")
+        style = {
+            INPUT_PROBE: dict(color="gray", ls="--", marker=""),
+            BAYES: dict(color="black", ls=":", marker=""),
+        }.get(method, dict(marker="o"))
         ax.errorbar(
             shares, [m for m, _ in stats], yerr=[s for _, s in stats], capsize=3, label=method, **style
         )
@@ -259,6 +326,18 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="critic of FactorCL/OurCL's shared InfoNCE term (paper: concat)",
     )
     parser.add_argument(
+        "--club-critic-lr", type=float, default=None,
+        help="Adam lr of the CLUB critics (default: the encoders' lr, as in the paper)",
+    )
+    parser.add_argument(
+        "--club-critic-steps", type=int, default=1, help="CLUB-critic updates per batch (paper: 1)"
+    )
+    parser.add_argument(
+        "--critic-check", action="store_true",
+        help="after training, compare each CLUB critic with one refitted on the frozen features (~7 s a model)",
+    )
+    parser.add_argument("--critic-check-steps", type=int, default=600, help="Adam steps of the refitted critics")
+    parser.add_argument(
         "--num-threads", type=int, default=1,
         help="torch and BLAS threads (1 is fastest on a shared 2-core machine; 0 keeps the defaults)",
     )
@@ -274,10 +353,13 @@ def main(argv=None) -> list[dict]:
     preset = QUICK if args.quick else REFERENCE
     methods = args.methods or (QUICK_METHODS if args.quick else METHODS)
     num_samples = args.num_samples or preset["num_samples"]
+    critic_lr = {} if args.club_critic_lr is None else {"club_critic_lr": args.club_critic_lr}
     settings = BenchmarkSettings(
         epochs=args.epochs or preset["epochs"],
         batch_size=args.batch_size or preset["batch_size"],
         alignment_critic_type=args.alignment_critic_type,
+        club_critic_steps=args.club_critic_steps,
+        **critic_lr,
     )
     # The official probe protocol (max_iter=200) often stops before lbfgs converges, and
     # ridge warns on the near-collinear columns of wide embeddings; neither changes a score.
@@ -288,7 +370,10 @@ def main(argv=None) -> list[dict]:
     warnings.filterwarnings("ignore", category=LinAlgWarning)
 
     with _thread_limit(args.num_threads):
-        records = run_sweep(methods, args.unique_shares, args.seeds, num_samples, settings, not args.no_progress)
+        records = run_sweep(
+            methods, args.unique_shares, args.seeds, num_samples, settings, not args.no_progress,
+            args.critic_check_steps if args.critic_check else 0,
+        )
     rows = probing_rows(records)
     os.makedirs(args.out, exist_ok=True)
     results = [{k: v for k, v in r.items() if k != "probing"} for r in records]
@@ -305,6 +390,9 @@ def main(argv=None) -> list[dict]:
     print(accuracy_table(records, "backbone_probe_acc"))
     print("\nTest R² of each latent block from each representation (ridge), mean over seeds\n")
     print(probing_table(rows))
+    if args.critic_check:
+        print("\nCLUB critic check: InfoNCE (nats, test split) of each CLUB term's own critic vs a refitted one\n")
+        print(critic_check_table(records))
     total = sum(r["train_seconds"] for r in records if r["trained_at_unique_share"] == r["unique_share"])
     print(f"\nTraining time: {total:.0f} s; results in {args.out}")
     return results

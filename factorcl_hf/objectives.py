@@ -172,6 +172,11 @@ class ContrastiveObjective(nn.Module):
         club = {id(p) for p in self.club_critic_parameters()}
         return [p for p in self.parameters() if id(p) not in club]
 
+    @property
+    def club_estimators(self) -> dict[str, NCECLUBEstimator]:
+        """The CLUB estimators by their key in ``ObjectiveOutput.critic_inputs`` (none here)."""
+        return {}
+
     def critic_loss(self, critic_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
         """Sum of the CLUB critics' losses on detached inputs (``None`` if there are none)."""
         return None
@@ -332,10 +337,13 @@ class FactorCLObjective(ContrastiveObjective):
             loss_terms["club_critics_loss"] = critic_loss.detach()
         return ObjectiveOutput(loss, loss_terms, representations, critic_inputs, critic_loss)
 
+    @property
+    def club_estimators(self) -> dict[str, NCECLUBEstimator]:
+        """The CLUB estimators by their key in ``ObjectiveOutput.critic_inputs``."""
+        return {"shared_cond": self.club_shared_cond, "unique": self.club_unique}
+
     def critic_loss(self, critic_inputs):
-        return self.club_shared_cond.critic_loss(*critic_inputs["shared_cond"]) + self.club_unique.critic_loss(
-            *critic_inputs["unique"]
-        )
+        return sum(estimator.critic_loss(*critic_inputs[key]) for key, estimator in self.club_estimators.items())
 
 
 class SimCLRObjective(ContrastiveObjective):

@@ -13,6 +13,7 @@ embedded, by frozen encoders, after training.
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -22,6 +23,7 @@ import torch
 from .augmentations import FeatureAugmentation
 from .data.synthetic import LATENT_NAMES, SyntheticSplit, SyntheticSplits
 from .encoders import VectorFactorCL
+from .estimators import infonce_lower_bound
 from .evaluation.probe import latent_decoding_r2, linear_probe_accuracy
 from .objectives import OBJECTIVES, train_club_critics
 
@@ -34,6 +36,7 @@ __all__ = [
     "TrainingHistory",
     "train_model",
     "evaluate_model",
+    "club_critic_check",
     "FittedMethod",
     "fit_method",
     "run_method",
@@ -257,6 +260,98 @@ def evaluate_model(
         if key in train_embeddings
     }
     return results
+
+
+@torch.no_grad()
+def _club_critic_inputs(model: VectorFactorCL, split: SyntheticSplit, settings: BenchmarkSettings, seed: int):
+    """What each CLUB critic scores, for every row of ``split`` (frozen model, eval mode)."""
+    generator = torch.Generator().manual_seed(seed)
+    augment = FeatureAugmentation(noise_std=settings.noise_std, drop_p=settings.drop_p) if model.requires_augmented else None
+    pairs: dict[str, list[list[torch.Tensor]]] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(split), settings.batch_size):
+            x1, x2 = split.x1[start : start + settings.batch_size], split.x2[start : start + settings.batch_size]
+            if len(x1) < 2:
+                break
+            inputs = {"labels": split.labels[start : start + len(x1)]} if model.requires_labels else {}
+            if augment is not None:
+                inputs["augmented_1"], inputs["augmented_2"] = augment(x1, generator), augment(x2, generator)
+            out = model(x1, x2, compute_critic_loss=False, **inputs)
+            for key, (x, y) in out.critic_inputs.items():
+                pairs.setdefault(key, [[], []])
+                pairs[key][0].append(x)
+                pairs[key][1].append(y)
+    finally:
+        model.train(was_training)
+    return {key: (torch.cat(xs), torch.cat(ys)) for key, (xs, ys) in pairs.items()}
+
+
+def _mean_infonce(critic: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
+    """InfoNCE of ``critic`` averaged over consecutive full batches of ``batch_size`` rows."""
+    with torch.no_grad():
+        values = [
+            infonce_lower_bound(critic(x[start : start + batch_size], y[start : start + batch_size]))
+            for start in range(0, len(x) - batch_size + 1, batch_size)
+        ]
+    return float(torch.stack(values).mean())
+
+
+def club_critic_check(
+    model: VectorFactorCL,
+    train: SyntheticSplit,
+    test: SyntheticSplit,
+    settings: BenchmarkSettings,
+    refit_steps: int = 600,
+    refit_lr: float = 1e-3,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
+    """Does each CLUB critic still see what its heads hold? A check of the min-max game.
+
+    The encoders minimize an upper bound scored by a critic that is trained alongside them;
+    if the encoders move faster than the critic, they can hide information from *that*
+    critic while still holding it. So, for each CLUB term of a trained model, this compares
+    the InfoNCE (nats, on test-split features, batches of ``settings.batch_size``) of
+
+    * ``"trained"``: the model's own CLUB critic, as training left it, and
+    * ``"refit"``: a freshly initialized critic of the same architecture, fitted for
+      ``refit_steps`` Adam steps (lr ``refit_lr``) on the frozen train-split features.
+
+    A ``"refit"`` far above ``"trained"`` means the information the term should remove is
+    still there and the training critic no longer finds it. Returns ``{}`` for objectives
+    without CLUB terms. For the ``"shared_cond"`` term both numbers include the label (or
+    augmented view) concatenated to both inputs, which no encoder can remove.
+    """
+    estimators = model.objective.club_estimators
+    if not estimators:
+        return {}
+    batch_size = settings.batch_size
+    if len(test) < batch_size or len(train) < batch_size:
+        raise ValueError(f"both splits need at least `settings.batch_size` ({batch_size}) rows")
+    train_pairs = _club_critic_inputs(model, train, settings, seed)
+    test_pairs = _club_critic_inputs(model, test, settings, seed + 1)
+    generator = torch.Generator().manual_seed(seed)
+    report = {}
+    for key, estimator in estimators.items():
+        fresh = copy.deepcopy(estimator.critic)
+        torch.manual_seed(seed)
+        for module in fresh.modules():
+            if module is not fresh and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        optimizer = torch.optim.Adam(fresh.parameters(), lr=refit_lr)
+        x, y = train_pairs[key]
+        for _ in range(refit_steps):
+            rows = torch.randperm(len(x), generator=generator)[:batch_size]
+            loss = -infonce_lower_bound(fresh(x[rows], y[rows]))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        report[key] = {
+            "trained": _mean_infonce(estimator.critic, *test_pairs[key], batch_size),
+            "refit": _mean_infonce(fresh, *test_pairs[key], batch_size),
+        }
+    return report
 
 
 @dataclass

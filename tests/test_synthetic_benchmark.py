@@ -9,7 +9,7 @@ import torch
 
 from factorcl_hf import synthetic_benchmark as bench
 from factorcl_hf.augmentations import FeatureAugmentation
-from factorcl_hf.data.synthetic import SyntheticSplit, SyntheticSplits, make_synthetic
+from factorcl_hf.data.synthetic import SyntheticSplit, SyntheticSplits, bayes_accuracy, make_synthetic
 from factorcl_hf.objectives import OBJECTIVES
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
@@ -177,6 +177,43 @@ def test_probing_respects_what_each_modality_can_see():
     assert set(baseline) == {"Z_S1", "Z_S2"}
 
 
+def test_club_critic_check_finds_what_an_untrained_critic_misses():
+    """At initialization the unique heads are random maps of features that hold the shared
+    latents, so a critic fitted on them finds mutual information; the untrained own critic
+    scores ~0. Blanking the heads (constant outputs) leaves nothing for either critic. The
+    check leaves the model's weights and mode untouched."""
+    splits = tiny_splits(num_samples=600, unique_share=0.0)
+    settings = tiny_settings(
+        batch_size=32, critic_hidden_dim=64, head_dim=16, head_hidden_dim=32, embed_dim=16, encoder_hidden_dim=32
+    )
+    torch.manual_seed(0)
+    model = bench.build_model("factorcl_sup", (8, 8), 2, settings)
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    # The heads' outputs are small at initialization (std ~0.03): a large lr fits them quickly.
+    report = bench.club_critic_check(model, splits.train, splits.test, settings, refit_steps=300, refit_lr=1e-2)
+    assert set(report) == {"shared_cond", "unique"}
+    assert abs(report["unique"]["trained"]) < 0.1
+    assert report["unique"]["refit"] > report["unique"]["trained"] + 0.3, report
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    for heads in model.objective.heads:
+        last = heads.heads["unique"][-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+    blank = bench.club_critic_check(model, splits.train, splits.test, settings, refit_steps=50)["unique"]
+    # Identical inputs in every row: every pair gets the same score, InfoNCE is exactly 0.
+    assert blank == {"trained": pytest.approx(0.0, abs=1e-6), "refit": pytest.approx(0.0, abs=1e-6)}
+
+
+def test_club_critic_check_is_empty_without_club_terms():
+    splits = tiny_splits()
+    model = bench.build_model("simclr", (8, 8), 2, tiny_settings())
+    assert bench.club_critic_check(model, splits.train, splits.test, tiny_settings()) == {}
+
+
 def load_example():
     path = Path(__file__).resolve().parents[1] / "examples" / "synthetic_benchmark.py"
     spec = importlib.util.spec_from_file_location("synthetic_benchmark_example", path)
@@ -190,22 +227,27 @@ def test_cli_micro_run_writes_results(tmp_path, capsys):
     argv = [
         "--out", str(tmp_path), "--quick", "--num-samples", "60", "--epochs", "1", "--batch-size", "12",
         "--methods", "factorcl_ssl", "supcon", "--seeds", "0", "1", "--unique-shares", "0", "1", "--no-progress",
-        "--num-threads", "1",
+        "--num-threads", "1", "--critic-check", "--critic-check-steps", "20",
     ]
     example.main(argv)
     results = json.loads((tmp_path / "synthetic_results.json").read_text())
-    methods = ("factorcl_ssl", "supcon", example.INPUT_PROBE)
-    assert len(results) == 3 * 2 * 2
+    methods = ("factorcl_ssl", "supcon", example.INPUT_PROBE, example.BAYES)
+    assert len(results) == 4 * 2 * 2
     assert {(r["method"], r["unique_share"], r["seed"]) for r in results} == {
         (m, u, s) for m in methods for u in (0.0, 1.0) for s in (0, 1)
     }
-    trained = [r for r in results if r["method"] != example.INPUT_PROBE]
+    trained = [r for r in results if r["method"] not in example.REFERENCE_LINES]
     for r in trained:
         assert {"method", "unique_share", "seed", "probe_acc", "backbone_probe_acc", "train_seconds"} <= set(r)
         assert 0.0 <= r["probe_acc"] <= 1.0 and 0.0 <= r["backbone_probe_acc"] <= 1.0
         # Label-free FactorCL-SSL trains once per seed; SupCon at every share.
         assert r["trained_at_unique_share"] == (0.0 if r["method"] == "factorcl_ssl" else r["unique_share"])
         assert r["settings"]["batch_size"] == 12 and r["num_samples"] == 60
+        # The CLUB critic check runs for methods with CLUB terms only.
+        assert set(r.get("club_critic_check", {})) == ({"shared_cond", "unique"} if r["method"] == "factorcl_ssl" else set())
+    for r in results:
+        if r["method"] == example.BAYES:
+            assert r["probe_acc"] == bayes_accuracy(r["unique_share"])
 
     probing = json.loads((tmp_path / "synthetic_probing.json").read_text())
     assert {row["representation"] for row in probing if row["method"] == "factorcl_ssl"} == {"Z_S1", "Z_U1", "Z_S2", "Z_U2"}
@@ -225,3 +267,4 @@ def test_cli_micro_run_writes_results(tmp_path, capsys):
     values = [100 * r["probe_acc"] for r in results if r["method"] == "supcon" and r["unique_share"] == 1.0]
     assert f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}" in printed
     assert "| method | u=0 | u=1 |" in printed
+    assert "| factorcl_ssl | 1 | unique |" in printed
