@@ -31,7 +31,16 @@ __all__ = [
     "push_to_hub",
 ]
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_cards" / "factorcl_model_card.md"
+def _model_card_template() -> Path:
+    """The card template: the wheel's packaged copy (``factorcl_hf/model_cards/``), or the
+    source tree's top-level ``model_cards/`` (checkouts and editable installs)."""
+    name = "factorcl_model_card.md"
+    package_dir = Path(__file__).resolve().parent
+    packaged = package_dir / "model_cards" / name
+    return packaged if packaged.is_file() else package_dir.parent / "model_cards" / name
+
+
+MODEL_CARD_TEMPLATE = _model_card_template()
 MODEL_CARD_TAGS = ("factorcl", "contrastive-learning", "multimodal", "clip")
 PIPELINE_TAG = "zero-shot-image-classification"
 # Short enough for small text position tables; also CLIP's customary prompt.

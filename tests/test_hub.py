@@ -192,3 +192,24 @@ def test_push_uploads_model_processor_and_card(monkeypatch, model_and_processor)
             "tokenizer.json", "processor_config.json"} <= set(files)
     assert base_model == "openai/clip-vit-base-patch32"
     assert auto_map["AutoModel"] == auto_map["AutoModelForZeroShotImageClassification"] == "modeling_factorcl.FactorCLModel"
+
+
+def test_wheel_ships_the_card_template(tmp_path):
+    """A wheel install has no top-level model_cards/: the template travels inside the package."""
+    repo = Path(__file__).resolve().parents[1]
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(repo)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    import zipfile
+
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    code = "import factorcl_hf.hub as hub; print(hub.MODEL_CARD_TEMPLATE); assert hub.MODEL_CARD_TEMPLATE.is_file()"
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert Path(run.stdout.strip()).is_relative_to(site)
+    assert Path(run.stdout.strip()).read_text() == (repo / "model_cards" / "factorcl_model_card.md").read_text()
