@@ -71,6 +71,23 @@ def test_backbone_runs_once_per_step(data_dir, tmp_path, monkeypatch):
     assert calls == {"image": 3, "text": 3}
 
 
+def test_logged_records_are_means_over_each_logging_window(data_dir, tmp_path):
+    """Per-step records (--logging_steps 1) against windows of 2: the window record is the
+    mean of its steps, and the last, shorter window is logged too."""
+    def log_of(name, logging_steps):
+        out = tmp_path / name
+        train(parse_args(run_flags(data_dir, out, "--objective", "factorcl_sup", "--max_train_steps", "3",
+                                   "--logging_steps", str(logging_steps))))
+        return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+    per_step, windows = log_of("every_step", 1), log_of("every_2", 2)
+    assert [r["step"] for r in per_step] == [1, 2, 3] and [r["step"] for r in windows] == [2, 3]
+    assert {"loss", "shared_nce", "unique_club", "club_critics_loss", "lr"} <= windows[0].keys()
+    for key in ("loss", "shared_nce", "unique_club"):
+        assert windows[0][key] == pytest.approx((per_step[0][key] + per_step[1][key]) / 2, rel=1e-5, abs=1e-6)
+        assert windows[1][key] == pytest.approx(per_step[2][key], rel=1e-5, abs=1e-6)
+
+
 @pytest.mark.parametrize("objective", ["factorcl_sup", "simclr", "cross_self"])
 def test_objectives_train_evaluate_save_and_reload(data_dir, tmp_path, objective):
     flags = run_flags(data_dir, tmp_path, "--objective", objective, "--max_train_steps", "2", "--eval_split", "test",
@@ -115,6 +132,8 @@ def test_bad_inputs(data_dir, tmp_path):
         train(parse_args(run_flags(data_dir, tmp_path, "--caption_column", "text", "--max_train_steps", "1")))
     with pytest.raises(ValueError, match="`per_device_train_batch_size` must be >= 2"):
         train(parse_args(run_flags(data_dir, tmp_path, "--per_device_train_batch_size", "1")))
+    with pytest.raises(ValueError, match="`logging_steps` must be >= 1"):
+        train(parse_args(run_flags(data_dir, tmp_path, "--logging_steps", "0")))
     with pytest.raises(ValueError, match="`objective` must be one of"):
         train(parse_args(run_flags(data_dir, tmp_path, "--objective", "clip")))
     with pytest.raises(ValueError, match="unknown options \\['learning_rat'\\]"):

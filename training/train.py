@@ -72,6 +72,7 @@ DEFAULTS = dict(
     checkpoints_total_limit=2,
     resume_from_checkpoint=None,
     report_to="none",
+    logging_steps=10,
     eval_every_epoch=False,
     retrieval_match_columns=None,
     dataloader_num_workers=0,
@@ -118,6 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--checkpoints_total_limit", type=int)
     add("--resume_from_checkpoint", help="checkpoint dir, or 'latest' (newest under OUTPUT_DIR/checkpoints)")
     add("--report_to", choices=["none", "tensorboard"])
+    add("--logging_steps", type=int, help="log the mean loss terms of every N optimizer steps (train_log.jsonl, trackers)")
     add("--eval_every_epoch", action="store_true", default=None)
     add("--retrieval_match_columns", nargs="+", help="also report retrieval where any item agreeing on these columns is a hit")
     add("--dataloader_num_workers", type=int)
@@ -185,6 +187,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
         raise ValueError(
             f"`per_device_train_batch_size` must be >= 2 for contrastive training, got {args.per_device_train_batch_size}"
         )
+    if args.logging_steps < 1:
+        raise ValueError(f"`logging_steps` must be >= 1, got {args.logging_steps}")
     output_dir = Path(args.output_dir)
 
     # -- accelerator. Several processes without a GPU (`accelerate launch --multi_gpu
@@ -295,6 +299,9 @@ def train(args: argparse.Namespace) -> TrainingRun:
     log.info("Training %s on %d rows: %d steps (%d epochs), %d process(es)", args.objective, len(train_set), max_steps, num_epochs, accelerator.num_processes)
     progress = tqdm(total=max_steps, initial=state.step, disable=args.disable_tqdm or not accelerator.is_local_main_process, desc="train")
     history, seen_rows = [], []
+    # Loss terms are summed on the device and read back once per logging window: a `.item()`
+    # per term per step would stall an accelerator on every step.
+    window_sums, window_steps = None, 0
     model.train()
     while state.step < max_steps:
         epoch = state.step // steps_per_epoch
@@ -323,12 +330,18 @@ def train(args: argparse.Namespace) -> TrainingRun:
                     train_club_critics(unwrapped.objective, outputs.critic_inputs, critic_optimizer, config.club_critic_steps - 1)
             state.step += 1
             progress.update(1)
-            record = {"step": state.step, "loss": outputs.loss.item(), "lr": scheduler.get_last_lr()[0]}
-            record.update({k: v.item() for k, v in (outputs.loss_terms or {}).items()})
-            history.append(record)
-            progress.set_postfix(loss=f"{record['loss']:.3f}")
-            if args.report_to != "none":
-                accelerator.log(record, step=state.step)
+            terms = {"loss": outputs.loss.detach(), **(outputs.loss_terms or {})}
+            step_values = torch.stack([value.float() for value in terms.values()])
+            window_sums = step_values if window_sums is None else window_sums + step_values
+            window_steps += 1
+            if state.step % args.logging_steps == 0 or state.step >= max_steps:
+                means = (window_sums / window_steps).tolist()
+                record = {"step": state.step, "lr": scheduler.get_last_lr()[0], **dict(zip(terms, means))}
+                window_sums, window_steps = None, 0
+                history.append(record)
+                progress.set_postfix(loss=f"{record['loss']:.3f}")
+                if args.report_to != "none":
+                    accelerator.log(record, step=state.step)
             if args.checkpointing_steps and state.step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, state.step, args.checkpoints_total_limit)
             if state.step >= max_steps:
