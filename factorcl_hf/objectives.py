@@ -321,7 +321,7 @@ class FactorCLObjective(ContrastiveObjective):
             "unique_club": self.club_unique(*unique),
         }
         for m in range(2):
-            scores = self.label_critics[m](heads[m][UNIQUE_LABEL], conditions[m][UNIQUE_LABEL])
+            scores = self._label_scores(m, heads[m][UNIQUE_LABEL], conditions[m][UNIQUE_LABEL], labels)
             terms[f"unique_label_nce_{m + 1}"] = infonce_lower_bound(scores)
         terms["unique_cond_nce"] = symmetric_infonce(self.unique_cond_critic, *conditioned(UNIQUE_COND))
 
@@ -336,6 +336,16 @@ class FactorCLObjective(ContrastiveObjective):
             critic_loss = self.critic_loss(critic_inputs)
             loss_terms["club_critics_loss"] = critic_loss.detach()
         return ObjectiveOutput(loss, loss_terms, representations, critic_inputs, critic_loss)
+
+    def _label_scores(self, modality, features, condition, labels):
+        """``S[i, j] = f(h_i, z_j)`` of terms 4-5. A one-hot label takes only ``num_labels``
+        values, so when there are fewer classes than rows each class is scored once and the
+        columns are gathered: the same scores for ``B x C`` critic evaluations, not ``B x B``."""
+        critic = self.label_critics[modality]
+        if not self.supervised or self.num_labels >= features.shape[0]:
+            return critic(features, condition)
+        classes = torch.eye(self.num_labels, dtype=features.dtype, device=features.device)
+        return critic(features, classes)[:, labels]
 
     @property
     def club_estimators(self) -> dict[str, NCECLUBEstimator]:

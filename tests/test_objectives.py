@@ -73,6 +73,25 @@ def test_factorcl_loss_matches_loop_reference(name):
     torch.testing.assert_close(recomposed, out.loss.detach())
 
 
+@pytest.mark.parametrize("critic_type", ["concat", "separable"])
+@pytest.mark.parametrize("batch", [B, 2])  # 2 < L: every row is scored against the batch's labels
+def test_sup_label_scores_equal_the_all_pairs_scores_with_one_hot_labels(critic_type, batch):
+    torch.manual_seed(0)
+    obj = build_objective("factorcl_sup", (D1, D2), num_labels=L, critic_type=critic_type, **SMALL)
+    features = torch.randn(batch, SMALL["head_dim"], requires_grad=True)
+    labels = torch.randint(0, L, (batch,), generator=torch.Generator().manual_seed(1))
+    one_hot = F.one_hot(labels, L).float()
+    critic = obj.label_critics[0]
+    fast = obj._label_scores(0, features, one_hot, labels)
+    full = critic(features, one_hot)
+    torch.testing.assert_close(fast, full, rtol=1e-6, atol=1e-6)
+    params = [features, *critic.parameters()]
+    fast_grads = torch.autograd.grad(fast.logsumexp(1).sum(), params)
+    full_grads = torch.autograd.grad(full.logsumexp(1).sum(), params)
+    for a, b in zip(fast_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_ssl_club_critic_is_trained_and_evaluated_on_the_same_conditioning():
     torch.manual_seed(0)
     obj = build_objective("factorcl_ssl", (D1, D2), **SMALL)
