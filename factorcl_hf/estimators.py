@@ -24,6 +24,7 @@ __all__ = [
     "infonce_lower_bound",
     "club_upper_bound",
     "symmetric_infonce",
+    "fit_critic",
     "NCECLUBEstimator",
     "condition_on",
     "check_features",
@@ -364,6 +365,34 @@ def symmetric_infonce(critic: nn.Module, x: torch.Tensor, y: torch.Tensor) -> to
     if getattr(critic, "symmetric", False):
         return 0.5 * (infonce_lower_bound(scores) + infonce_lower_bound(scores.T))
     return infonce_lower_bound(scores)
+
+
+def fit_critic(
+    critic: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    learning_rate: float,
+    batch_size: int,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Train ``critic`` alone to maximize InfoNCE on ``steps`` random batches of the pairs
+    ``(x[i], y[i])`` (Adam; rows are drawn without replacement within a batch, so no pair is
+    its own negative). Returns ``critic``, in place: the estimate ``fit then evaluate on
+    held-out pairs`` used by the evaluation reports and the CLUB critic check."""
+    if len(x) != len(y):
+        raise ValueError(f"`x` and `y` must pair up row by row, got {len(x)} and {len(y)} rows")
+    batch_size = min(batch_size, len(x))
+    if batch_size < 2:
+        raise ValueError(f"InfoNCE needs batches of at least 2 pairs, got {len(x)} pairs")
+    optimizer = torch.optim.Adam(critic.parameters(), lr=learning_rate)
+    for _ in range(steps):
+        rows = torch.randperm(len(x), generator=generator, device=x.device)[:batch_size]
+        loss = -infonce_lower_bound(critic(x[rows], y[rows]))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return critic
 
 
 def condition_on(features: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:

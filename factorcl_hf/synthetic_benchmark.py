@@ -23,7 +23,7 @@ import torch
 from .augmentations import FeatureAugmentation
 from .data.synthetic import LATENT_NAMES, SyntheticSplit, SyntheticSplits
 from .encoders import VectorFactorCL
-from .estimators import infonce_lower_bound
+from .estimators import fit_critic, infonce_lower_bound
 from .evaluation.probe import latent_decoding_r2, linear_probe_accuracy
 from .objectives import OBJECTIVES, train_club_critics
 
@@ -339,14 +339,7 @@ def club_critic_check(
         for module in fresh.modules():
             if module is not fresh and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-        optimizer = torch.optim.Adam(fresh.parameters(), lr=refit_lr)
-        x, y = train_pairs[key]
-        for _ in range(refit_steps):
-            rows = torch.randperm(len(x), generator=generator)[:batch_size]
-            loss = -infonce_lower_bound(fresh(x[rows], y[rows]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        fit_critic(fresh, *train_pairs[key], refit_steps, refit_lr, batch_size, generator)
         report[key] = {
             "trained": _mean_infonce(estimator.critic, *test_pairs[key], batch_size),
             "refit": _mean_infonce(fresh, *test_pairs[key], batch_size),

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..estimators import ConcatCritic, club_upper_bound, infonce_lower_bound
+from ..estimators import ConcatCritic, club_upper_bound, fit_critic, infonce_lower_bound
 from .embed import MODALITIES, extract_embeddings
 
 __all__ = ["estimate_label_information", "label_entropy", "information_report"]
@@ -100,14 +100,7 @@ def estimate_label_information(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         critic = ConcatCritic(train_x.shape[1], num_labels, hidden_dim=hidden_dim, num_hidden_layers=1)
-    optimizer = torch.optim.Adam(critic.parameters(), lr=learning_rate)
-    train_batch = min(batch_size, train_x.shape[0])
-    for _ in range(steps):
-        idx = torch.randperm(train_x.shape[0], generator=generator)[:train_batch]
-        loss = -infonce_lower_bound(critic(train_x[idx], train_onehot[idx]))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    fit_critic(critic, train_x, train_onehot, steps, learning_rate, batch_size, generator)
 
     order = torch.randperm(test_x.shape[0], generator=generator)
     # Equal-sized held-out batches: InfoNCE's ceiling log(B) depends on B.
