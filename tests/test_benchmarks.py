@@ -128,3 +128,13 @@ def test_synthetic_epoch_check_fails_on_different_maths(monkeypatch):
     monkeypatch.setattr(synthetic_epoch, "naive_terms", off_by_a_little)
     with pytest.raises(RuntimeError, match="differs"):
         synthetic_epoch.check_first_batch(model, splits.train, 8)
+
+
+def test_label_critic_smoke_and_restores_the_objective():
+    from benchmarks import label_critic
+    from factorcl_hf.objectives import FactorCLObjective
+
+    per_class = FactorCLObjective._label_scores
+    (row,) = label_critic.main(["--smoke", "--num-labels", "3"])
+    assert row["max_score_diff"] <= 1e-5 and row["speedup"] > 0
+    assert FactorCLObjective._label_scores is per_class
