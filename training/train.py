@@ -262,6 +262,9 @@ def train(args: argparse.Namespace) -> TrainingRun:
         drop_last=True,  # every contrastive batch full (and the same size on every process)
         collate_fn=collator,
         num_workers=args.dataloader_num_workers,
+        # Workers are re-created every epoch on purpose (no persistent_workers): that is how
+        # the collator's new `epoch`, which seeds each row's augmentation, reaches them.
+        pin_memory=torch.cuda.is_available(),
     )
 
     # -- optimizers: the CLUB critics have their own
