@@ -37,6 +37,7 @@ train.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,7 @@ def _score_bin_edges(unique_share: float, label_noise: float, num_labels: int) -
     return np.quantile(score, np.arange(1, num_labels) / num_labels)
 
 
+@functools.lru_cache(maxsize=64)  # a sweep asks for the same (share, noise, labels) once per seed
 def bayes_accuracy(
     unique_share: float, label_noise: float = 0.1, num_labels: int = 2, num_draws: int = 1 << 22
 ) -> float:
