@@ -171,6 +171,7 @@ def train_model(
     settings: BenchmarkSettings,
     seed: int = 0,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    on_epoch_end: Callable[[int, VectorFactorCL], None] | None = None,
 ) -> TrainingHistory:
     """Train ``model`` on the ``train`` split only.
 
@@ -179,7 +180,9 @@ def train_model(
     sees detached features and the loss only frozen CLUB critics, so neither reaches the
     other's parameters — both optimizers step, then ``club_critic_steps - 1`` more critic
     steps run on the same detached features. ``seed`` fixes batch order and augmentations.
-    ``on_step`` receives each step's loss terms (for progress bars).
+    ``on_step`` receives each step's loss terms (for progress bars); ``on_epoch_end`` the
+    epoch's index and the model after it (for diagnostics such as :func:`club_critic_check`;
+    it must leave the model's parameters alone).
     """
     if not isinstance(train, SyntheticSplit):
         raise ValueError(f"`train` must be a SyntheticSplit, got {type(train).__name__}")
@@ -194,7 +197,7 @@ def train_model(
     critic_optimizer = torch.optim.Adam(club_parameters, lr=settings.club_critic_lr) if club_parameters else None
 
     history = TrainingHistory()
-    start = time.perf_counter()
+    start, callback_seconds = time.perf_counter(), 0.0
     model.train()
     for _ in range(settings.epochs):
         sums: dict[str, float] = {}
@@ -224,7 +227,12 @@ def train_model(
             if on_step is not None:
                 on_step(terms)
         history.epochs.append({name: value_sum / num_steps for name, value_sum in sums.items()})
-    history.seconds = time.perf_counter() - start
+        if on_epoch_end is not None:
+            callback_start = time.perf_counter()
+            on_epoch_end(len(history.epochs) - 1, model)
+            model.train()
+            callback_seconds += time.perf_counter() - callback_start
+    history.seconds = time.perf_counter() - start - callback_seconds  # training only
     model.eval()
     return history
 
@@ -335,10 +343,12 @@ def club_critic_check(
     report = {}
     for key, estimator in estimators.items():
         fresh = copy.deepcopy(estimator.critic)
-        torch.manual_seed(seed)
-        for module in fresh.modules():
-            if module is not fresh and hasattr(module, "reset_parameters"):
-                module.reset_parameters()
+        # A diagnostic must not move the caller's global RNG (it may run mid-training).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            for module in fresh.modules():
+                if module is not fresh and hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
         fit_critic(fresh, *train_pairs[key], refit_steps, refit_lr, batch_size, generator)
         report[key] = {
             "trained": _mean_infonce(estimator.critic, *test_pairs[key], batch_size),
@@ -379,8 +389,10 @@ def fit_method(
     settings: BenchmarkSettings | None = None,
     seed: int = 0,
     on_step: Callable[[dict[str, float]], None] | None = None,
+    on_epoch_end: Callable[[int, VectorFactorCL], None] | None = None,
 ) -> FittedMethod:
-    """Build ``method`` (initialized from ``seed``) and train it on ``splits.train`` only."""
+    """Build ``method`` (initialized from ``seed``) and train it on ``splits.train`` only
+    (``on_step``, ``on_epoch_end``: see :func:`train_model`)."""
     _check_method(method)
     if not isinstance(splits, SyntheticSplits):
         raise ValueError(f"`splits` must be SyntheticSplits (from make_synthetic), got {type(splits).__name__}")
@@ -388,7 +400,7 @@ def fit_method(
     torch.manual_seed(seed)
     train = splits.train
     model = build_model(method, (train.x1.shape[1], train.x2.shape[1]), splits.config.num_labels, settings)
-    history = train_model(model, train, settings, seed=seed, on_step=on_step)
+    history = train_model(model, train, settings, seed=seed, on_step=on_step, on_epoch_end=on_epoch_end)
     return FittedMethod(method, model, history, train, seed, float(splits.config.unique_share))
 
 

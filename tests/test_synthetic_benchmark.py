@@ -208,6 +208,42 @@ def test_club_critic_check_finds_what_an_untrained_critic_misses():
     assert blank == {"trained": pytest.approx(0.0, abs=1e-6), "refit": pytest.approx(0.0, abs=1e-6)}
 
 
+def test_per_epoch_critic_checks_do_not_change_training():
+    """The check runs mid-training through ``on_epoch_end``; the trained weights must be
+    exactly those of a run without it (no parameter, mode or global-RNG side effects)."""
+    splits = tiny_splits(num_samples=200)
+    settings = tiny_settings(epochs=3, batch_size=32)
+    seen = []
+
+    def check(epoch, model):
+        seen.append((epoch, bench.club_critic_check(model, splits.train, splits.test, settings, refit_steps=5)))
+        torch.rand(1)  # a callback may even draw from the global RNG: training must not care
+
+    plain = bench.fit_method(splits, "factorcl_ssl", settings, seed=1)
+    checked = bench.fit_method(splits, "factorcl_ssl", settings, seed=1, on_epoch_end=check)
+    assert [epoch for epoch, _ in seen] == [0, 1, 2]
+    assert all(set(report) == {"shared_cond", "unique"} for _, report in seen)
+    for (name, a), b in zip(plain.model.state_dict().items(), checked.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert plain.history.epochs == checked.history.epochs
+
+
+def test_club_critic_game_example_writes_json_and_plot(tmp_path, capsys):
+    path = Path(__file__).resolve().parents[1] / "examples" / "club_critic_game.py"
+    spec = importlib.util.spec_from_file_location("club_critic_game_example", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    records = example.main([
+        "--out", str(tmp_path), "--num-samples", "120", "--epochs", "2", "--batch-size", "16", "--refit-steps", "3",
+    ])
+    saved = json.loads((tmp_path / "club_critic_game.json").read_text())
+    assert [r["epoch"] for r in saved["epochs"]] == [1, 2] == [r["epoch"] for r in records]
+    assert set(saved["epochs"][0]["check"]) == {"shared_cond", "unique"}
+    assert "unique_club" in saved["epochs"][0]["terms"]
+    assert (tmp_path / "club_critic_game.png").stat().st_size > 1000
+    assert "| epoch | shared_cond: own / refit | unique: own / refit |" in capsys.readouterr().out
+
+
 def test_club_critic_check_is_empty_without_club_terms():
     splits = tiny_splits()
     model = bench.build_model("simclr", (8, 8), 2, tiny_settings())
