@@ -13,7 +13,6 @@ embedded, by frozen encoders, after training.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ import torch
 from .augmentations import FeatureAugmentation
 from .data.synthetic import LATENT_NAMES, SyntheticSplit, SyntheticSplits
 from .encoders import VectorFactorCL
-from .estimators import fit_critic, infonce_lower_bound
+from .evaluation.information import club_critic_report
 from .evaluation.probe import latent_decoding_r2, linear_probe_accuracy
 from .objectives import OBJECTIVES, train_club_critics
 
@@ -296,16 +295,6 @@ def _club_critic_inputs(model: VectorFactorCL, split: SyntheticSplit, settings: 
     return {key: (torch.cat(xs), torch.cat(ys)) for key, (xs, ys) in pairs.items()}
 
 
-def _mean_infonce(critic: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """InfoNCE of ``critic`` averaged over consecutive full batches of ``batch_size`` rows."""
-    with torch.no_grad():
-        values = [
-            infonce_lower_bound(critic(x[start : start + batch_size], y[start : start + batch_size]))
-            for start in range(0, len(x) - batch_size + 1, batch_size)
-        ]
-    return float(torch.stack(values).mean())
-
-
 def club_critic_check(
     model: VectorFactorCL,
     train: SyntheticSplit,
@@ -315,46 +304,19 @@ def club_critic_check(
     refit_lr: float = 1e-3,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Does each CLUB critic still see what its heads hold? A check of the min-max game.
-
-    The encoders minimize an upper bound scored by a critic that is trained alongside them;
-    if the encoders move faster than the critic, they can hide information from *that*
-    critic while still holding it. So, for each CLUB term of a trained model, this compares
-    the InfoNCE (nats, on test-split features, batches of ``settings.batch_size``) of
-
-    * ``"trained"``: the model's own CLUB critic, as training left it, and
-    * ``"refit"``: a freshly initialized critic of the same architecture, fitted for
-      ``refit_steps`` Adam steps (lr ``refit_lr``) on the frozen train-split features.
-
-    A ``"refit"`` far above ``"trained"`` means the information the term should remove is
-    still there and the training critic no longer finds it. Returns ``{}`` for objectives
-    without CLUB terms. For the ``"shared_cond"`` term both numbers include the label (or
-    augmented view) concatenated to both inputs, which no encoder can remove.
+    """:func:`~factorcl_hf.evaluation.information.club_critic_report` of a trained model:
+    for each CLUB term, the InfoNCE (nats, test split, batches of ``settings.batch_size``) of
+    its own critic (``"trained"``) against a fresh critic fitted on the frozen train-split
+    features (``"refit"``). Returns ``{}`` for objectives without CLUB terms. For the
+    ``"shared_cond"`` term both numbers include the label (or augmented view) concatenated to
+    both inputs, which no encoder can remove.
     """
     estimators = model.objective.club_estimators
     if not estimators:
         return {}
-    batch_size = settings.batch_size
-    if len(test) < batch_size or len(train) < batch_size:
-        raise ValueError(f"both splits need at least `settings.batch_size` ({batch_size}) rows")
     train_pairs = _club_critic_inputs(model, train, settings, seed)
     test_pairs = _club_critic_inputs(model, test, settings, seed + 1)
-    generator = torch.Generator().manual_seed(seed)
-    report = {}
-    for key, estimator in estimators.items():
-        fresh = copy.deepcopy(estimator.critic)
-        # A diagnostic must not move the caller's global RNG (it may run mid-training).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for module in fresh.modules():
-                if module is not fresh and hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-        fit_critic(fresh, *train_pairs[key], refit_steps, refit_lr, batch_size, generator)
-        report[key] = {
-            "trained": _mean_infonce(estimator.critic, *test_pairs[key], batch_size),
-            "refit": _mean_infonce(fresh, *test_pairs[key], batch_size),
-        }
-    return report
+    return club_critic_report(estimators, train_pairs, test_pairs, settings.batch_size, refit_steps, refit_lr, seed)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 per step, bad inputs."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -88,6 +89,18 @@ def test_logged_records_are_means_over_each_logging_window(data_dir, tmp_path):
         assert windows[1][key] == pytest.approx(per_step[2][key], rel=1e-5, abs=1e-6)
 
 
+def test_club_critic_check_reports_each_club_term(data_dir, tmp_path):
+    flags = run_flags(data_dir, tmp_path, "--objective", "factorcl_ssl", "--max_train_steps", "2", "--eval_split", "test",
+                      "--club_critic_check_steps", "5")
+    results = main(flags)
+    check = results["club_critic_check"]
+    assert set(check) == {"shared_cond", "unique"}
+    assert all(set(v) == {"trained", "refit"} and all(map(math.isfinite, v.values())) for v in check.values())
+    # InfoNCE of batches of 8 never exceeds log 8.
+    assert all(value <= math.log(8) + 1e-6 for v in check.values() for value in v.values())
+    assert json.loads((tmp_path / "results.json").read_text())["club_critic_check"] == check
+
+
 @pytest.mark.parametrize("objective", ["factorcl_sup", "simclr", "cross_self"])
 def test_objectives_train_evaluate_save_and_reload(data_dir, tmp_path, objective):
     flags = run_flags(data_dir, tmp_path, "--objective", objective, "--max_train_steps", "2", "--eval_split", "test",
@@ -132,6 +145,8 @@ def test_bad_inputs(data_dir, tmp_path):
         train(parse_args(run_flags(data_dir, tmp_path, "--caption_column", "text", "--max_train_steps", "1")))
     with pytest.raises(ValueError, match="`per_device_train_batch_size` must be >= 2"):
         train(parse_args(run_flags(data_dir, tmp_path, "--per_device_train_batch_size", "1")))
+    with pytest.raises(ValueError, match="`club_critic_check_steps` must be >= 0"):
+        train(parse_args(run_flags(data_dir, tmp_path, "--club_critic_check_steps", "-1")))
     with pytest.raises(ValueError, match="`logging_steps` must be >= 1"):
         train(parse_args(run_flags(data_dir, tmp_path, "--logging_steps", "0")))
     with pytest.raises(ValueError, match="`objective` must be one of"):

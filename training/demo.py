@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     if reload_diff != 0:
         raise RuntimeError(f"Reloaded {checked} embeddings differ from the trained ones (max abs diff {reload_diff})")
 
-    keys = ("probe_acc", "backbone_probe_acc", "retrieval_r1", "retrieval_r5", "retrieval_match_r1")
+    keys = ("probe_acc", "backbone_probe_acc", "retrieval_r1", "retrieval_r5", "retrieval_match_r1", "club_critic_check")
     results = {name: {k: run.results[k] for k in keys if k in run.results} for name, run in runs.items()}
     results[checked]["reload_max_abs_diff"] = reload_diff
     results["label_accuracy_ceilings"] = shapes_label_accuracy_ceilings(recipe["unique_share"])
@@ -88,6 +88,10 @@ def main(argv=None) -> dict:
     ceilings = results["label_accuracy_ceilings"]
     print(f"\nLabel accuracy ceilings: shared info only {ceilings['shared']:.3f}, "
           f"unique info {ceilings['unique']:.3f}, chance {ceilings['chance']:.3f}")
+    for name in args.objectives:
+        for term, values in results[name].get("club_critic_check", {}).items():
+            print(f"{name} CLUB term {term}: own critic {values['trained']:.2f} nats, "
+                  f"critic refitted on the frozen features {values['refit']:.2f} nats (test split)")
     print(f"Reloaded {checked} from {trained.results['model_dir']}: max abs embedding diff {reload_diff}")
     print(f"Wrote {out / 'results.json'} and {out / 'samples.png'}")
     return results

@@ -73,6 +73,7 @@ DEFAULTS = dict(
     resume_from_checkpoint=None,
     report_to="none",
     logging_steps=10,
+    club_critic_check_steps=0,
     eval_every_epoch=False,
     retrieval_match_columns=None,
     dataloader_num_workers=0,
@@ -121,6 +122,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--report_to", choices=["none", "tensorboard"])
     add("--logging_steps", type=int, help="log the mean loss terms of every N optimizer steps (train_log.jsonl, trackers)")
     add("--eval_every_epoch", action="store_true", default=None)
+    add("--club_critic_check_steps", type=int,
+        help="after training, fit fresh CLUB critics for N steps on the frozen train features and compare them with "
+             "the trained ones on the eval split (0: off; single-process runs)")
     add("--retrieval_match_columns", nargs="+", help="also report retrieval where any item agreeing on these columns is a hit")
     add("--dataloader_num_workers", type=int)
     add("--push_to_hub", action="store_true", default=None)
@@ -178,7 +182,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
         drop_undecodable_images,
         load_image_text_dataset,
     )
-    from factorcl_hf.evaluation.image_text import evaluate_image_text
+    from factorcl_hf.evaluation.image_text import club_critic_inputs, evaluate_image_text
+    from factorcl_hf.evaluation.information import club_critic_report
     from factorcl_hf.objectives import train_club_critics
 
     if args.objective not in OBJECTIVE_NAMES:
@@ -189,6 +194,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
         )
     if args.logging_steps < 1:
         raise ValueError(f"`logging_steps` must be >= 1, got {args.logging_steps}")
+    if args.club_critic_check_steps < 0:
+        raise ValueError(f"`club_critic_check_steps` must be >= 0, got {args.club_critic_check_steps}")
     output_dir = Path(args.output_dir)
 
     # -- accelerator. Several processes without a GPU (`accelerate launch --multi_gpu
@@ -357,6 +364,17 @@ def train(args: argparse.Namespace) -> TrainingRun:
 
     # -- evaluate and save
     results = {"objective": args.objective, "steps": state.step, "skipped_undecodable_images": dropped}
+    estimators = unwrapped.objective.club_estimators
+    if args.club_critic_check_steps and accelerator.num_processes > 1:
+        # The model's forward gathers features across processes: one process alone would hang.
+        log.warning("--club_critic_check_steps runs in single-process training only; skipped")
+    elif args.club_critic_check_steps and estimators and eval_set is not None and len(eval_set) < args.per_device_train_batch_size:
+        log.warning("--club_critic_check_steps: the eval split has fewer rows than one batch; skipped")
+    elif args.club_critic_check_steps and estimators and eval_set is not None:
+        # Is the CLUB min-max game still tracking? (docs/synthetic_benchmark.md)
+        batch = args.per_device_train_batch_size
+        pairs = [club_critic_inputs(unwrapped, collator, split, batch) for split in (train_set, eval_set)]
+        results["club_critic_check"] = club_critic_report(estimators, *pairs, batch, args.club_critic_check_steps, seed=args.seed)
     if eval_set is not None and accelerator.is_main_process:
         results.update(evaluate_image_text(unwrapped, processor, train_set, eval_set, args.image_column, args.caption_column, label_column, args.per_device_eval_batch_size, args.retrieval_match_columns))
     if args.save_seen_rows:
