@@ -27,8 +27,9 @@ which no method can beat),
 tables. ``--critic-check`` adds, for every FactorCL/OurCL model, the InfoNCE its own CLUB
 critics still find in their heads against a critic refitted on the frozen features (is the
 min-max game tracking? see ``docs/synthetic_benchmark.md``); ``--club-critic-lr`` and
-``--club-critic-steps`` change that game (paper: the encoders' lr, one step). ``--quick`` (4,000 samples, batch 64, 5 epochs; FactorCL-SUP/-SSL, SimCLR, SupCon;
-seeds 0 1 2; shares 0, 0.5, 1) took 5 min 47 s (3 min 55 s CPU) on 2 shared CPU cores.
+``--club-critic-steps`` change that game (paper: the encoders' lr, one step).
+``--quick`` (4,000 samples, batch 64, 5 epochs; FactorCL-SUP/-SSL, SimCLR, SupCon; seeds
+0 1 2; shares 0, 0.5, 1) took 4 min 53 s on 2 CPU cores.
 Without it the reference settings apply (30,000 samples, batch 256, 10 epochs, all seven
 methods): one FactorCL/OurCL training takes about 8.5 minutes on one CPU core (~0.55 s per
 step, 930 steps), so the full sweep — 24 such trainings after label-free reuse, plus the

@@ -164,22 +164,25 @@ class ContrastiveObjective(nn.Module):
         return self.alignment_critic(self.represent(features_1, 0).alignment, self.represent(features_2, 1).alignment)
 
     # ------------------------------------------------------------ parameters
+    @property
+    def club_estimators(self) -> dict[str, NCECLUBEstimator]:
+        """The CLUB estimators by their key in ``ObjectiveOutput.critic_inputs`` (subclasses
+        with CLUB terms list theirs; parameters and the critics' loss follow from it)."""
+        return {}
+
     def club_critic_parameters(self) -> list[nn.Parameter]:
         """Parameters trained only by :meth:`critic_loss` (their own optimizer)."""
-        return [p for m in self.modules() if isinstance(m, NCECLUBEstimator) for p in m.parameters()]
+        return [p for estimator in self.club_estimators.values() for p in estimator.parameters()]
 
     def main_parameters(self) -> list[nn.Parameter]:
         club = {id(p) for p in self.club_critic_parameters()}
         return [p for p in self.parameters() if id(p) not in club]
 
-    @property
-    def club_estimators(self) -> dict[str, NCECLUBEstimator]:
-        """The CLUB estimators by their key in ``ObjectiveOutput.critic_inputs`` (none here)."""
-        return {}
-
     def critic_loss(self, critic_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
         """Sum of the CLUB critics' losses on detached inputs (``None`` if there are none)."""
-        return None
+        if not self.club_estimators:
+            return None
+        return sum(estimator.critic_loss(*critic_inputs[key]) for key, estimator in self.club_estimators.items())
 
     # ------------------------------------------------------------ validation
     def _validate(self, features, labels, augmented):
@@ -351,9 +354,6 @@ class FactorCLObjective(ContrastiveObjective):
     def club_estimators(self) -> dict[str, NCECLUBEstimator]:
         """The CLUB estimators by their key in ``ObjectiveOutput.critic_inputs``."""
         return {"shared_cond": self.club_shared_cond, "unique": self.club_unique}
-
-    def critic_loss(self, critic_inputs):
-        return sum(estimator.critic_loss(*critic_inputs[key]) for key, estimator in self.club_estimators.items())
 
 
 class SimCLRObjective(ContrastiveObjective):

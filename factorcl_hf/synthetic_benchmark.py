@@ -22,7 +22,7 @@ import torch
 from .augmentations import FeatureAugmentation
 from .data.synthetic import LATENT_NAMES, SyntheticSplit, SyntheticSplits
 from .encoders import VectorFactorCL
-from .evaluation.information import club_critic_report
+from .evaluation.information import club_critic_report, collect_critic_inputs
 from .evaluation.probe import latent_decoding_r2, linear_probe_accuracy
 from .objectives import OBJECTIVES, train_club_critics
 
@@ -269,30 +269,22 @@ def evaluate_model(
     return results
 
 
-@torch.no_grad()
 def _club_critic_inputs(model: VectorFactorCL, split: SyntheticSplit, settings: BenchmarkSettings, seed: int):
     """What each CLUB critic scores, for every row of ``split`` (frozen model, eval mode)."""
     generator = torch.Generator().manual_seed(seed)
     augment = FeatureAugmentation(noise_std=settings.noise_std, drop_p=settings.drop_p) if model.requires_augmented else None
-    pairs: dict[str, list[list[torch.Tensor]]] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(split), settings.batch_size):
-            x1, x2 = split.x1[start : start + settings.batch_size], split.x2[start : start + settings.batch_size]
-            if len(x1) < 2:
-                break
-            inputs = {"labels": split.labels[start : start + len(x1)]} if model.requires_labels else {}
+
+    def batches():
+        for start in range(0, len(split) - 1, settings.batch_size):
+            rows = slice(start, start + settings.batch_size)
+            inputs = {"x1": split.x1[rows], "x2": split.x2[rows], "compute_critic_loss": False}
+            if model.requires_labels:
+                inputs["labels"] = split.labels[rows]
             if augment is not None:
-                inputs["augmented_1"], inputs["augmented_2"] = augment(x1, generator), augment(x2, generator)
-            out = model(x1, x2, compute_critic_loss=False, **inputs)
-            for key, (x, y) in out.critic_inputs.items():
-                pairs.setdefault(key, [[], []])
-                pairs[key][0].append(x)
-                pairs[key][1].append(y)
-    finally:
-        model.train(was_training)
-    return {key: (torch.cat(xs), torch.cat(ys)) for key, (xs, ys) in pairs.items()}
+                inputs["augmented_1"], inputs["augmented_2"] = augment(inputs["x1"], generator), augment(inputs["x2"], generator)
+            yield inputs
+
+    return collect_critic_inputs(model, batches())
 
 
 def club_critic_check(

@@ -213,3 +213,15 @@ def test_unknown_objective_and_missing_num_labels():
         build_objective("clip", (D1, D2))
     with pytest.raises(ValueError, match="`num_labels`"):
         build_objective("factorcl_sup", (D1, D2))
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_club_estimators_list_every_club_critic(name):
+    """The critics' own optimizer gets exactly the parameters of every NCE-CLUB module."""
+    from factorcl_hf.estimators import NCECLUBEstimator
+
+    obj = build_objective(name, (D1, D2), num_labels=L, **SMALL)
+    every = {id(p) for m in obj.modules() if isinstance(m, NCECLUBEstimator) for p in m.parameters()}
+    assert {id(p) for p in obj.club_critic_parameters()} == every
+    if not every:
+        assert obj.critic_loss({}) is None

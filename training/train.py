@@ -365,16 +365,17 @@ def train(args: argparse.Namespace) -> TrainingRun:
     # -- evaluate and save
     results = {"objective": args.objective, "steps": state.step, "skipped_undecodable_images": dropped}
     estimators = unwrapped.objective.club_estimators
-    if args.club_critic_check_steps and accelerator.num_processes > 1:
-        # The model's forward gathers features across processes: one process alone would hang.
-        log.warning("--club_critic_check_steps runs in single-process training only; skipped")
-    elif args.club_critic_check_steps and estimators and eval_set is not None and len(eval_set) < args.per_device_train_batch_size:
-        log.warning("--club_critic_check_steps: the eval split has fewer rows than one batch; skipped")
-    elif args.club_critic_check_steps and estimators and eval_set is not None:
+    batch = args.per_device_train_batch_size
+    if args.club_critic_check_steps and estimators and eval_set is not None:
         # Is the CLUB min-max game still tracking? (docs/synthetic_benchmark.md)
-        batch = args.per_device_train_batch_size
-        pairs = [club_critic_inputs(unwrapped, collator, split, batch) for split in (train_set, eval_set)]
-        results["club_critic_check"] = club_critic_report(estimators, *pairs, batch, args.club_critic_check_steps, seed=args.seed)
+        if accelerator.num_processes > 1:
+            # The model's forward gathers features across processes: one process alone would hang.
+            log.warning("--club_critic_check_steps runs in single-process training only; skipped")
+        elif len(eval_set) < batch:
+            log.warning("--club_critic_check_steps: the eval split has fewer rows than one batch; skipped")
+        else:
+            pairs = [club_critic_inputs(unwrapped, collator, split, batch) for split in (train_set, eval_set)]
+            results["club_critic_check"] = club_critic_report(estimators, *pairs, batch, args.club_critic_check_steps, seed=args.seed)
     if eval_set is not None and accelerator.is_main_process:
         results.update(evaluate_image_text(unwrapped, processor, train_set, eval_set, args.image_column, args.caption_column, label_column, args.per_device_eval_batch_size, args.retrieval_match_columns))
     if args.save_seen_rows:

@@ -7,6 +7,7 @@ import torch
 
 from ..data.image_text import IndexedDataset
 from .embed import extract_embeddings
+from .information import collect_critic_inputs
 from .probe import linear_probe_accuracy
 from .retrieval import expected_hits, recall_at_k, score_matrix
 
@@ -56,7 +57,6 @@ def evaluate_image_text(model, processor, train_set, eval_set, image_column="ima
     return metrics
 
 
-@torch.no_grad()
 def club_critic_inputs(model, collator, dataset, batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """The pairs each CLUB critic of ``model`` scores, for every full batch of ``dataset`` in
     order, formed as in training (``collator`` adds labels and augmented views) but in eval
@@ -65,18 +65,11 @@ def club_critic_inputs(model, collator, dataset, batch_size: int) -> dict[str, t
         raise ValueError(f"`batch_size` must be in [2, {len(dataset)}] (the dataset's rows), got {batch_size}")
     rows = IndexedDataset(dataset)
     device = next(model.parameters()).device
-    pairs: dict[str, tuple[list, list]] = {}
-    was_training = model.training
-    model.eval()
-    try:
+
+    def batches():
         for start in range(0, len(rows) - batch_size + 1, batch_size):
             batch = collator([rows[i] for i in range(start, start + batch_size)])
             batch.pop("row_indices")
-            outputs = model(**{k: v.to(device) for k, v in batch.items()}, return_loss=True)
-            for key, (x, y) in (outputs.critic_inputs or {}).items():
-                pairs.setdefault(key, ([], []))
-                pairs[key][0].append(x.float().cpu())
-                pairs[key][1].append(y.float().cpu())
-    finally:
-        model.train(was_training)
-    return {key: (torch.cat(xs), torch.cat(ys)) for key, (xs, ys) in pairs.items()}
+            yield {**{k: v.to(device) for k, v in batch.items()}, "return_loss": True}
+
+    return collect_critic_inputs(model, batches())

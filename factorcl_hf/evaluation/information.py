@@ -14,10 +14,9 @@ information that a CLIP-style (shared-only) model's embeddings cannot.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import copy
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +25,13 @@ import torch.nn.functional as F
 from ..estimators import ConcatCritic, club_upper_bound, fit_critic, infonce_lower_bound
 from .embed import MODALITIES, extract_embeddings
 
-__all__ = ["estimate_label_information", "label_entropy", "information_report", "club_critic_report"]
+__all__ = [
+    "estimate_label_information",
+    "label_entropy",
+    "information_report",
+    "collect_critic_inputs",
+    "club_critic_report",
+]
 
 
 def _as_features(name: str, values: Any) -> torch.Tensor:
@@ -160,6 +165,26 @@ def information_report(
                 report[f"{modality}_{embedding}_{bound}"] = value
     report["label_entropy"] = label_entropy(labels["test"])
     return report
+
+
+@torch.no_grad()
+def collect_critic_inputs(model: torch.nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Run ``model(**inputs)`` for every ``inputs`` of ``batches`` in eval mode, without
+    gradients, and concatenate (on the CPU, in float32) the pairs each CLUB critic scores
+    (``outputs.critic_inputs``): the inputs of :func:`club_critic_report`. ``batches`` is
+    consumed lazily, after the switch to eval mode; the model's mode is restored."""
+    pairs: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for inputs in batches:
+            for key, (x, y) in (model(**inputs).critic_inputs or {}).items():
+                xs, ys = pairs.setdefault(key, ([], []))
+                xs.append(x.float().cpu())
+                ys.append(y.float().cpu())
+    finally:
+        model.train(was_training)
+    return {key: (torch.cat(xs), torch.cat(ys)) for key, (xs, ys) in pairs.items()}
 
 
 def _mean_infonce(critic: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
