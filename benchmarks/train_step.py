@@ -66,7 +66,7 @@ MAX_GRAD_NORM = 1.0
 def model_config(config: str, objective: str, smoke: bool = False):
     """The ``FactorCLConfig`` of ``config`` with ``objective`` (``smoke``: even smaller sizes)."""
     from factorcl_hf import FactorCLConfig
-    from factorcl_hf.tiny import tiny_clip_config, vit_b32_clip_config
+    from factorcl_hf.testing_utils import tiny_clip_config, vit_b32_clip_config
 
     if config == "vit-b32":
         return FactorCLConfig(clip_config=vit_b32_clip_config(), objective=objective)

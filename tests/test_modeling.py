@@ -8,7 +8,7 @@ from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.configuration_factorcl import CRITIC_TYPE_NAMES, OBJECTIVE_NAMES
 from factorcl_hf.estimators import CRITIC_TYPES
 from factorcl_hf.objectives import OBJECTIVES
-from factorcl_hf.tiny import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 
 CAPTIONS = ["a small circle at the top", "a large square at the bottom", "a small cross", "a large triangle drawn by anna"]
 SMALL_HEADS = dict(head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8, num_labels=3)

@@ -424,7 +424,7 @@ def build_model_and_processor(args, train_set, label_column):
         from transformers import AutoProcessor
 
         return FactorCLModel.from_clip(args.clip_model, **overrides), AutoProcessor.from_pretrained(args.clip_model)
-    from factorcl_hf.tiny import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+    from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 
     max_length = 32
     tokenizer = build_caption_tokenizer(train_set[args.caption_column], model_max_length=max_length)

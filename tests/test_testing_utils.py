@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from factorcl_hf.tiny import (
+from factorcl_hf.testing_utils import (
     build_caption_tokenizer,
     special_token_ids,
     tiny_clip_config,
