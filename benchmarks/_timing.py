@@ -25,7 +25,7 @@ already exists (weights, inputs, parameter gradients).
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import math
 import os
@@ -36,6 +36,8 @@ import time
 from typing import Callable
 
 _CHILD_FLAG = "--peak-memory-child"
+# The child runs `python -m benchmarks._timing` from here, so `benchmarks.*` factories import.
+_REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def median(values: list[float]) -> float:
@@ -112,19 +114,17 @@ def write_json(path: str | None, payload: dict) -> None:
 
 
 def _load_factory(reference: str) -> Callable[..., Callable[[], object]]:
-    path, _, function_name = reference.rpartition(":")
-    if not path or not function_name:
-        raise ValueError(f"`factory` must be 'path/to/module.py:function', got {reference!r}")
-    spec = importlib.util.spec_from_file_location(f"_benchmark_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return getattr(module, function_name)
+    module_name, _, function_name = reference.rpartition(":")
+    if not module_name or not function_name:
+        raise ValueError(f"`factory` must be 'package.module:function', got {reference!r}")
+    return getattr(importlib.import_module(module_name), function_name)
 
 
 def peak_memory_bytes(factory: str, kwargs: dict, device: str = "cpu") -> int:
     """Peak extra memory of one call of ``step = factory(**kwargs)`` (see the module docstring).
 
-    ``factory`` is ``"path/to/module.py:function"``; the function builds the workload (model,
+    ``factory`` is ``"package.module:function"`` (e.g. ``"benchmarks.objective_step:memory_workload"``,
+    imported from the repository root); the function builds the workload (model,
     inputs) and returns the zero-argument ``step`` to measure. ``kwargs`` must be
     JSON-serializable, because on CPU they travel to a fresh subprocess.
     """
@@ -146,8 +146,8 @@ def peak_memory_bytes(factory: str, kwargs: dict, device: str = "cpu") -> int:
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", OMP_NUM_THREADS=str(torch.get_num_threads()))
     payload = json.dumps({"factory": factory, "kwargs": kwargs})
     result = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), _CHILD_FLAG, payload],
-        env=env, capture_output=True, text=True, check=False,
+        [sys.executable, "-m", "benchmarks._timing", _CHILD_FLAG, payload],
+        cwd=_REPOSITORY, env=env, capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
         raise RuntimeError(f"peak-memory subprocess for {factory} {kwargs} failed:\n{result.stderr}")

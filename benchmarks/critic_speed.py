@@ -15,26 +15,21 @@ with the inputs requiring gradients, as when the bound trains the encoders
 
 Run::
 
-    python benchmarks/critic_speed.py              # B in {64, 128, 256}, 1 and 2 hidden layers
-    python benchmarks/critic_speed.py --quick      # B in {64, 128}, fewer repetitions
-    python benchmarks/critic_speed.py --json runs/critic_speed.json
+    python -m benchmarks.critic_speed              # B in {64, 128, 256}, 1 and 2 hidden layers
+    python -m benchmarks.critic_speed --quick      # B in {64, 128}, fewer repetitions
+    python -m benchmarks.critic_speed --json runs/critic_speed.json
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import os
-import sys
 
 import torch
 from torch import nn
 
-# Runnable as a plain script from the repository root without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks._timing import add_run_arguments, apply_threads, peak_memory_bytes, time_side_by_side, write_json  # noqa: E402
-from factorcl_hf.estimators import ConcatCritic, infonce_lower_bound  # noqa: E402
+from benchmarks._timing import add_run_arguments, apply_threads, peak_memory_bytes, time_side_by_side, write_json
+from factorcl_hf.estimators import ConcatCritic, infonce_lower_bound
 
 FEATURE_DIM = 512 + 3  # CLIP embedding + one-hot label of a 3-class task
 HIDDEN_DIM = 512
@@ -142,7 +137,7 @@ def benchmark_case(
         repeats=repeats, min_sample_seconds=0.2, synchronize=synchronize,
     )
     del models, critic, x, y
-    memory_factory = f"{os.path.abspath(__file__)}:memory_workload"
+    memory_factory = "benchmarks.critic_speed:memory_workload"
     peaks = {name: peak_memory_bytes(memory_factory, dict(case, variant=name, chunk_size=chunk_size), device) for name in names}
     return [
         {

@@ -9,26 +9,21 @@ scores of the two forms are checked equal before timing.
 
 Run::
 
-    python benchmarks/label_critic.py --threads 1            # B in {64, 256}, 2 labels, ~1 min
-    python benchmarks/label_critic.py --num-labels 10 --batch-sizes 128
-    python benchmarks/label_critic.py --smoke                # seconds: a tiny check of the pipeline
+    python -m benchmarks.label_critic --threads 1            # B in {64, 256}, 2 labels, ~1 min
+    python -m benchmarks.label_critic --num-labels 10 --batch-sizes 128
+    python -m benchmarks.label_critic --smoke                # seconds: a tiny check of the pipeline
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
-# Runnable as a plain script from the repository root without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks._timing import add_run_arguments, apply_threads, time_side_by_side, write_json  # noqa: E402
-from factorcl_hf.objectives import FactorCLObjective, build_objective  # noqa: E402
+from benchmarks._timing import add_run_arguments, apply_threads, time_side_by_side, write_json
+from factorcl_hf.objectives import FactorCLObjective, build_objective
 
 
 @contextmanager

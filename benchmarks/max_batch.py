@@ -14,24 +14,19 @@ probe counts as not fitting.
 
 Run::
 
-    python benchmarks/max_batch.py --threads 1                      # 4 GiB, FactorCL-SUP, B <= 1024 (~5 min)
-    python benchmarks/max_batch.py --budget-gib 24 --min-batch 1024 --max-batch 1024 --variants ours
-    python benchmarks/max_batch.py --smoke
+    python -m benchmarks.max_batch --threads 1                      # 4 GiB, FactorCL-SUP, B <= 1024 (~5 min)
+    python -m benchmarks.max_batch --budget-gib 24 --min-batch 1024 --max-batch 1024 --variants ours
+    python -m benchmarks.max_batch --smoke
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import torch
 
-# Runnable as a plain script from the repository root without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks._timing import add_run_arguments, apply_threads, peak_memory_bytes, write_json  # noqa: E402
-from benchmarks.objective_step import OBJECTIVES, VARIANTS, Trainer, build_case  # noqa: E402
+from benchmarks._timing import add_run_arguments, apply_threads, peak_memory_bytes, write_json
+from benchmarks.objective_step import OBJECTIVES, VARIANTS, Trainer, build_case
 
 OUT_OF_MEMORY_MARKERS = ("can't allocate memory", "MemoryError", "bad_alloc", "out of memory")
 
@@ -58,7 +53,7 @@ def probe_workload(variant: str, address_space_limit_bytes: int | None = None, *
 
 def probe(variant: str, batch_size: int, budget_bytes: int, device: str, **case_kwargs) -> int | None:
     """Peak extra bytes of one step at ``batch_size``, or ``None`` when it ran out of memory."""
-    factory = f"{os.path.abspath(__file__)}:probe_workload"
+    factory = "benchmarks.max_batch:probe_workload"
     kwargs = dict(case_kwargs, variant=variant, batch_size=batch_size, device=device)
     if device == "cpu":
         kwargs["address_space_limit_bytes"] = 2 * budget_bytes

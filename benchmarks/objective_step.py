@@ -20,9 +20,9 @@ critics hidden 512 with one hidden layer, concat alignment critic (the paper's),
 
 Run::
 
-    python benchmarks/objective_step.py --threads 1             # SUP and SSL, B in {64, 256}
-    python benchmarks/objective_step.py --smoke                 # seconds: a tiny check of the pipeline
-    python benchmarks/objective_step.py --batch-sizes 128 --objectives factorcl_sup --json out.json
+    python -m benchmarks.objective_step --threads 1             # SUP and SSL, B in {64, 256}
+    python -m benchmarks.objective_step --smoke                 # seconds: a tiny check of the pipeline
+    python -m benchmarks.objective_step --batch-sizes 128 --objectives factorcl_sup --json out.json
 """
 
 from __future__ import annotations
@@ -30,20 +30,15 @@ from __future__ import annotations
 import argparse
 import copy
 import math
-import os
-import sys
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Runnable as a plain script from the repository root without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks._timing import add_run_arguments, apply_threads, peak_memory_bytes, time_side_by_side, write_json  # noqa: E402
-from factorcl_hf.estimators import ConcatCritic, CosineCritic  # noqa: E402
-from factorcl_hf.objectives import FactorCLObjective, build_objective  # noqa: E402
+from benchmarks._timing import add_run_arguments, apply_threads, peak_memory_bytes, time_side_by_side, write_json
+from factorcl_hf.estimators import ConcatCritic, CosineCritic
+from factorcl_hf.objectives import FactorCLObjective, build_objective
 
 OBJECTIVES = ("factorcl_sup", "factorcl_ssl")
 VARIANTS = ("naive", "ours")
@@ -291,7 +286,7 @@ def benchmark_case(
         repeats=repeats, warmup=0, min_sample_seconds=0.2, synchronize=synchronize,  # calibration warms up
     )
     del trainers, model, inputs
-    factory = f"{os.path.abspath(__file__)}:memory_workload"
+    factory = "benchmarks.objective_step:memory_workload"
     peaks = {
         name: peak_memory_bytes(factory, dict(case, variant=name, autocast=autocast), device) if memory else math.nan
         for name in VARIANTS

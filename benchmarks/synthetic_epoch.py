@@ -25,8 +25,8 @@ machine (≈170×).
 
 Run::
 
-    python benchmarks/synthetic_epoch.py --threads 1         # ~3 min
-    python benchmarks/synthetic_epoch.py --smoke
+    python -m benchmarks.synthetic_epoch --threads 1         # ~3 min
+    python -m benchmarks.synthetic_epoch --smoke
 """
 
 from __future__ import annotations
@@ -34,20 +34,15 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import os
-import sys
 
 import torch
 
-# Runnable as a plain script from the repository root without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks._timing import add_run_arguments, apply_threads, time_side_by_side, write_json  # noqa: E402
-from benchmarks.objective_step import naive_club_critic_loss, naive_terms, relative_difference  # noqa: E402
-from benchmarks.train_step import clip_loss  # noqa: E402
-from factorcl_hf.data.synthetic import SyntheticSplit, make_synthetic  # noqa: E402
-from factorcl_hf.encoders import VectorFactorCL  # noqa: E402
-from factorcl_hf.synthetic_benchmark import BenchmarkSettings, build_model, train_model  # noqa: E402
+from benchmarks._timing import add_run_arguments, apply_threads, time_side_by_side, write_json
+from benchmarks.objective_step import naive_club_critic_loss, naive_terms, relative_difference
+from benchmarks.train_step import clip_loss
+from factorcl_hf.data.synthetic import SyntheticSplit, make_synthetic
+from factorcl_hf.encoders import VectorFactorCL
+from factorcl_hf.synthetic_benchmark import BenchmarkSettings, build_model, train_model
 
 VARIANTS = {  # name: (objective, critic hidden layers)
     "simclr": ("simclr", 1),

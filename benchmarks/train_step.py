@@ -30,29 +30,24 @@ on one CPU thread, so the default run uses B=8 for it; B=32 is the long run belo
 
 Run::
 
-    python benchmarks/train_step.py --threads 1                        # tiny B=32 and vit-b32 B=8 (~2 min)
-    python benchmarks/train_step.py --threads 1 --configs vit-b32 --batch-size 32 --repeats 2   # ~7 min
-    python benchmarks/train_step.py --smoke
-    python benchmarks/train_step.py --device cuda --autocast bfloat16 --configs vit-b32 --batch-size 32
+    python -m benchmarks.train_step --threads 1                        # tiny B=32 and vit-b32 B=8 (~2 min)
+    python -m benchmarks.train_step --threads 1 --configs vit-b32 --batch-size 32 --repeats 2   # ~7 min
+    python -m benchmarks.train_step --smoke
+    python -m benchmarks.train_step --device cuda --autocast bfloat16 --configs vit-b32 --batch-size 32
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 
-# Runnable as a plain script from the repository root without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks._timing import add_run_arguments, apply_threads, time_side_by_side, write_json  # noqa: E402
-from benchmarks.objective_step import naive_club_critic_loss, naive_terms, relative_difference  # noqa: E402
-from factorcl_hf.objectives import SSL_CONDITIONED_ROLES, FactorCLObjective  # noqa: E402
+from benchmarks._timing import add_run_arguments, apply_threads, time_side_by_side, write_json
+from benchmarks.objective_step import naive_club_critic_loss, naive_terms, relative_difference
+from factorcl_hf.objectives import SSL_CONDITIONED_ROLES, FactorCLObjective
 
 VARIANTS = ("factorcl_ssl", "simclr", "cross_self")
 CONFIGS = ("tiny", "vit-b32")

@@ -8,6 +8,8 @@ import os
 import pytest
 import torch
 
+from benchmarks import critic_speed
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -22,7 +24,6 @@ def _load(relative_path: str, name: str):
 
 
 mi_estimation = _load("examples/mi_estimation.py", "mi_estimation")
-critic_speed = _load("benchmarks/critic_speed.py", "critic_speed")
 
 
 def _gaussian_mi_from_covariance(x: torch.Tensor, y: torch.Tensor) -> float:
