@@ -22,7 +22,7 @@ import torch
 from .augmentations import FeatureAugmentation
 from .data.synthetic import LATENT_NAMES, SyntheticSplit, SyntheticSplits
 from .encoders import VectorFactorCL
-from .evaluation.information import club_critic_report, collect_critic_inputs
+from .evaluation.club_check import club_critic_report, critic_inputs
 from .evaluation.probe import latent_decoding_r2, linear_probe_accuracy
 from .objectives import OBJECTIVES, train_club_critics
 
@@ -269,22 +269,20 @@ def evaluate_model(
     return results
 
 
-def _club_critic_inputs(model: VectorFactorCL, split: SyntheticSplit, settings: BenchmarkSettings, seed: int):
-    """What each CLUB critic scores, for every row of ``split`` (frozen model, eval mode)."""
+def _split_batches(model: VectorFactorCL, split: SyntheticSplit, settings: BenchmarkSettings, seed: int):
+    """Model inputs for every row of ``split`` in batches of ``settings.batch_size``, with
+    labels and augmented views as in training: the ``batches`` of
+    :func:`~factorcl_hf.evaluation.club_check.critic_inputs`."""
     generator = torch.Generator().manual_seed(seed)
     augment = FeatureAugmentation(noise_std=settings.noise_std, drop_p=settings.drop_p) if model.requires_augmented else None
-
-    def batches():
-        for start in range(0, len(split) - 1, settings.batch_size):
-            rows = slice(start, start + settings.batch_size)
-            inputs = {"x1": split.x1[rows], "x2": split.x2[rows], "compute_critic_loss": False}
-            if model.requires_labels:
-                inputs["labels"] = split.labels[rows]
-            if augment is not None:
-                inputs["augmented_1"], inputs["augmented_2"] = augment(inputs["x1"], generator), augment(inputs["x2"], generator)
-            yield inputs
-
-    return collect_critic_inputs(model, batches())
+    for start in range(0, len(split) - 1, settings.batch_size):
+        rows = slice(start, start + settings.batch_size)
+        inputs = {"x1": split.x1[rows], "x2": split.x2[rows], "compute_critic_loss": False}
+        if model.requires_labels:
+            inputs["labels"] = split.labels[rows]
+        if augment is not None:
+            inputs["augmented_1"], inputs["augmented_2"] = augment(inputs["x1"], generator), augment(inputs["x2"], generator)
+        yield inputs
 
 
 def club_critic_check(
@@ -296,7 +294,7 @@ def club_critic_check(
     refit_lr: float = 1e-3,
     seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """:func:`~factorcl_hf.evaluation.information.club_critic_report` of a trained model:
+    """:func:`~factorcl_hf.evaluation.club_check.club_critic_report` of a trained model:
     for each CLUB term, the InfoNCE (nats, test split, batches of ``settings.batch_size``) of
     its own critic (``"trained"``) against a fresh critic fitted on the frozen train-split
     features (``"refit"``). Returns ``{}`` for objectives without CLUB terms. For the
@@ -306,9 +304,9 @@ def club_critic_check(
     estimators = model.objective.club_estimators
     if not estimators:
         return {}
-    train_pairs = _club_critic_inputs(model, train, settings, seed)
-    test_pairs = _club_critic_inputs(model, test, settings, seed + 1)
-    return club_critic_report(estimators, train_pairs, test_pairs, settings.batch_size, refit_steps, refit_lr, seed)
+    train_inputs = critic_inputs(model, _split_batches(model, train, settings, seed))
+    test_inputs = critic_inputs(model, _split_batches(model, test, settings, seed + 1))
+    return club_critic_report(estimators, train_inputs, test_inputs, settings.batch_size, refit_steps, refit_lr, seed)
 
 
 @dataclass

@@ -182,8 +182,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
         drop_undecodable_images,
         load_image_text_dataset,
     )
-    from factorcl_hf.evaluation.image_text import club_critic_inputs, evaluate_image_text
-    from factorcl_hf.evaluation.information import club_critic_report
+    from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs, image_text_batches
+    from factorcl_hf.evaluation.image_text import evaluate_image_text
     from factorcl_hf.objectives import train_club_critics
 
     if args.objective not in OBJECTIVE_NAMES:
@@ -374,8 +374,8 @@ def train(args: argparse.Namespace) -> TrainingRun:
         elif len(eval_set) < batch:
             log.warning("--club_critic_check_steps: the eval split has fewer rows than one batch; skipped")
         else:
-            pairs = [club_critic_inputs(unwrapped, collator, split, batch) for split in (train_set, eval_set)]
-            results["club_critic_check"] = club_critic_report(estimators, *pairs, batch, args.club_critic_check_steps, seed=args.seed)
+            inputs = [critic_inputs(unwrapped, image_text_batches(unwrapped, collator, split, batch)) for split in (train_set, eval_set)]
+            results["club_critic_check"] = club_critic_report(estimators, *inputs, batch, args.club_critic_check_steps, seed=args.seed)
     if eval_set is not None and accelerator.is_main_process:
         results.update(evaluate_image_text(unwrapped, processor, train_set, eval_set, args.image_column, args.caption_column, label_column, args.per_device_eval_batch_size, args.retrieval_match_columns))
     if args.save_seen_rows:

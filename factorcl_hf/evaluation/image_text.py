@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data.image_text import IndexedDataset
 from .embed import extract_embeddings
-from .information import collect_critic_inputs
 from .probe import linear_probe_accuracy
 from .retrieval import expected_hits, recall_at_k, score_matrix
 
@@ -55,21 +53,3 @@ def evaluate_image_text(model, processor, train_set, eval_set, image_column="ima
             features = [torch.cat([split["image"][name], split["text"][name]], dim=1) for split in (train, test)]
             metrics[key] = linear_probe_accuracy(features[0], train_set[label_column], features[1], eval_set[label_column])
     return metrics
-
-
-def club_critic_inputs(model, collator, dataset, batch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """The pairs each CLUB critic of ``model`` scores, for every full batch of ``dataset`` in
-    order, formed as in training (``collator`` adds labels and augmented views) but in eval
-    mode: the inputs of :func:`~factorcl_hf.evaluation.information.club_critic_report`."""
-    if batch_size < 2 or len(dataset) < batch_size:
-        raise ValueError(f"`batch_size` must be in [2, {len(dataset)}] (the dataset's rows), got {batch_size}")
-    rows = IndexedDataset(dataset)
-    device = next(model.parameters()).device
-
-    def batches():
-        for start in range(0, len(rows) - batch_size + 1, batch_size):
-            batch = collator([rows[i] for i in range(start, start + batch_size)])
-            batch.pop("row_indices")
-            yield {**{k: v.to(device) for k, v in batch.items()}, "return_loss": True}
-
-    return collect_critic_inputs(model, batches())

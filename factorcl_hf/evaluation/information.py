@@ -14,8 +14,7 @@ information that a CLIP-style (shared-only) model's embeddings cannot.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -29,8 +28,6 @@ __all__ = [
     "estimate_label_information",
     "label_entropy",
     "information_report",
-    "collect_critic_inputs",
-    "club_critic_report",
 ]
 
 
@@ -164,83 +161,4 @@ def information_report(
             for bound, value in estimate.items():
                 report[f"{modality}_{embedding}_{bound}"] = value
     report["label_entropy"] = label_entropy(labels["test"])
-    return report
-
-
-@torch.no_grad()
-def collect_critic_inputs(model: torch.nn.Module, batches: Iterable[dict[str, Any]]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Run ``model(**inputs)`` for every ``inputs`` of ``batches`` in eval mode, without
-    gradients, and concatenate (on the CPU, in float32) the pairs each CLUB critic scores
-    (``outputs.critic_inputs``): the inputs of :func:`club_critic_report`. ``batches`` is
-    consumed lazily, after the switch to eval mode; the model's mode is restored."""
-    pairs: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
-    was_training = model.training
-    model.eval()
-    try:
-        for inputs in batches:
-            for key, (x, y) in (model(**inputs).critic_inputs or {}).items():
-                xs, ys = pairs.setdefault(key, ([], []))
-                xs.append(x.float().cpu())
-                ys.append(y.float().cpu())
-    finally:
-        model.train(was_training)
-    return {key: (torch.cat(xs), torch.cat(ys)) for key, (xs, ys) in pairs.items()}
-
-
-def _mean_infonce(critic: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """InfoNCE of ``critic`` averaged over consecutive full batches of ``batch_size`` pairs."""
-    with torch.no_grad():
-        values = [
-            infonce_lower_bound(critic(x[start : start + batch_size], y[start : start + batch_size]))
-            for start in range(0, len(x) - batch_size + 1, batch_size)
-        ]
-    return float(torch.stack(values).mean())
-
-
-def club_critic_report(
-    estimators: dict[str, torch.nn.Module],
-    train_pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    test_pairs: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    batch_size: int,
-    refit_steps: int = 600,
-    refit_lr: float = 1e-3,
-    seed: int = 0,
-) -> dict[str, dict[str, float]]:
-    """Does each CLUB critic still see what its heads hold? A check of FactorCL's min-max game.
-
-    The encoders minimize an upper bound scored by a critic trained alongside them; if they
-    move faster than the critic, they can hide information from *that* critic while still
-    holding it. For each ``NCECLUBEstimator`` in ``estimators`` (keyed like
-    ``ObjectiveOutput.critic_inputs``) this returns the InfoNCE, in nats on the held-out
-    ``test_pairs`` (consecutive batches of ``batch_size``), of
-
-    * ``"trained"``: the estimator's own critic, as training left it, and
-    * ``"refit"``: a freshly initialized critic of the same architecture fitted for
-      ``refit_steps`` Adam steps (lr ``refit_lr``) on the frozen ``train_pairs``.
-
-    ``"refit"`` far above ``"trained"`` means the information the CLUB term should remove is
-    still there and the training critic no longer finds it. Neither the estimators nor the
-    global RNG are modified.
-    """
-    if batch_size < 2:
-        raise ValueError(f"`batch_size` must be >= 2 (InfoNCE needs negatives), got {batch_size}")
-    report = {}
-    generator = torch.Generator().manual_seed(seed)
-    for key, estimator in estimators.items():
-        for name, pairs in (("train_pairs", train_pairs), ("test_pairs", test_pairs)):
-            if key not in pairs:
-                raise ValueError(f"`{name}` has no entry {key!r}; it holds {sorted(pairs)}")
-            if len(pairs[key][0]) < batch_size:
-                raise ValueError(f"`{name}[{key!r}]` has {len(pairs[key][0])} pairs, fewer than `batch_size` ({batch_size})")
-        fresh = copy.deepcopy(estimator.critic)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for module in fresh.modules():
-                if module is not fresh and hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-        fit_critic(fresh, *train_pairs[key], refit_steps, refit_lr, batch_size, generator)
-        report[key] = {
-            "trained": _mean_infonce(estimator.critic, *test_pairs[key], batch_size),
-            "refit": _mean_infonce(fresh, *test_pairs[key], batch_size),
-        }
     return report
