@@ -3,7 +3,7 @@
 The reference settings (FACTORCL.md): 10,000 samples split 80/20 (8,000 train rows, 62
 steps of batch 128 per epoch), MLP encoders hidden 512 / embedding 128, heads 512 → 128,
 critics hidden 512, concat alignment critic. An epoch is
-:func:`factorcl_hf.synthetic_benchmark.train_model` with ``epochs=1``: per step the encoders,
+:func:`experiments.synthetic_benchmark.train_model` with ``epochs=1``: per step the encoders,
 the objective, one backward of ``loss + critic_loss`` and both optimizers, exactly as the
 synthetic benchmark trains.
 
@@ -40,9 +40,9 @@ import torch
 from benchmarks._timing import add_run_arguments, apply_threads, time_side_by_side, write_json
 from benchmarks.objective_step import naive_club_critic_loss, naive_terms, relative_difference
 from benchmarks.train_step import clip_loss
+from experiments.synthetic_benchmark import BenchmarkSettings, build_model, train_model
 from factorcl_hf.data.synthetic import SyntheticSplit, make_synthetic
 from factorcl_hf.encoders import VectorFactorCL
-from factorcl_hf.synthetic_benchmark import BenchmarkSettings, build_model, train_model
 
 VARIANTS = {  # name: (objective, critic hidden layers)
     "simclr": ("simclr", 1),

@@ -1,17 +1,16 @@
-import importlib.util
 import json
 import math
 import statistics
-from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from factorcl_hf import synthetic_benchmark as bench
+from experiments import club_critic_game, synthetic_sweep
+from experiments import synthetic_benchmark as bench
 from factorcl_hf.augmentations import FeatureAugmentation
 from factorcl_hf.data.synthetic import SyntheticSplit, SyntheticSplits, bayes_accuracy, make_synthetic
 from factorcl_hf.objectives import OBJECTIVES
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 DATA = dict(num_samples=80, shared_dim=2, unique_dims=(2, 2), modality_dim=8)
 TINY = dict(
@@ -228,12 +227,8 @@ def test_per_epoch_critic_checks_do_not_change_training():
     assert plain.history.epochs == checked.history.epochs
 
 
-def test_club_critic_game_example_writes_json_and_plot(tmp_path, capsys):
-    path = Path(__file__).resolve().parents[1] / "examples" / "club_critic_game.py"
-    spec = importlib.util.spec_from_file_location("club_critic_game_example", path)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    records = example.main([
+def test_club_critic_game_writes_json_and_plot(tmp_path, capsys):
+    records = club_critic_game.main([
         "--out", str(tmp_path), "--num-samples", "120", "--epochs", "2", "--batch-size", "16", "--refit-steps", "3",
     ])
     saved = json.loads((tmp_path / "club_critic_game.json").read_text())
@@ -250,29 +245,20 @@ def test_club_critic_check_is_empty_without_club_terms():
     assert bench.club_critic_check(model, splits.train, splits.test, tiny_settings()) == {}
 
 
-def load_example():
-    path = Path(__file__).resolve().parents[1] / "examples" / "synthetic_benchmark.py"
-    spec = importlib.util.spec_from_file_location("synthetic_benchmark_example", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_micro_run_writes_results(tmp_path, capsys):
-    example = load_example()
     argv = [
         "--out", str(tmp_path), "--quick", "--num-samples", "60", "--epochs", "1", "--batch-size", "12",
         "--methods", "factorcl_ssl", "supcon", "--seeds", "0", "1", "--unique-shares", "0", "1", "--no-progress",
         "--num-threads", "1", "--critic-check", "--critic-check-steps", "20",
     ]
-    example.main(argv)
+    synthetic_sweep.main(argv)
     results = json.loads((tmp_path / "synthetic_results.json").read_text())
-    methods = ("factorcl_ssl", "supcon", example.INPUT_PROBE, example.BAYES)
+    methods = ("factorcl_ssl", "supcon", synthetic_sweep.INPUT_PROBE, synthetic_sweep.BAYES)
     assert len(results) == 4 * 2 * 2
     assert {(r["method"], r["unique_share"], r["seed"]) for r in results} == {
         (m, u, s) for m in methods for u in (0.0, 1.0) for s in (0, 1)
     }
-    trained = [r for r in results if r["method"] not in example.REFERENCE_LINES]
+    trained = [r for r in results if r["method"] not in synthetic_sweep.REFERENCE_LINES]
     for r in trained:
         assert {"method", "unique_share", "seed", "probe_acc", "backbone_probe_acc", "train_seconds"} <= set(r)
         assert 0.0 <= r["probe_acc"] <= 1.0 and 0.0 <= r["backbone_probe_acc"] <= 1.0
@@ -282,7 +268,7 @@ def test_cli_micro_run_writes_results(tmp_path, capsys):
         # The CLUB critic check runs for methods with CLUB terms only.
         assert set(r.get("club_critic_check", {})) == ({"shared_cond", "unique"} if r["method"] == "factorcl_ssl" else set())
     for r in results:
-        if r["method"] == example.BAYES:
+        if r["method"] == synthetic_sweep.BAYES:
             assert r["probe_acc"] == bayes_accuracy(r["unique_share"])
 
     probing = json.loads((tmp_path / "synthetic_probing.json").read_text())
@@ -295,7 +281,7 @@ def test_cli_micro_run_writes_results(tmp_path, capsys):
     from factorcl_hf.evaluation.probe import linear_probe_accuracy
 
     splits = make_synthetic(num_samples=60, unique_share=1.0, seed=1)
-    raw = next(r for r in results if r["method"] == example.INPUT_PROBE and r["unique_share"] == 1.0 and r["seed"] == 1)
+    raw = next(r for r in results if r["method"] == synthetic_sweep.INPUT_PROBE and r["unique_share"] == 1.0 and r["seed"] == 1)
     inputs = [torch.cat([split.x1, split.x2], 1) for split in (splits.train, splits.test)]
     assert raw["probe_acc"] == linear_probe_accuracy(inputs[0], splits.train.labels, inputs[1], splits.test.labels)
 

@@ -3,7 +3,7 @@
 One run = :func:`build_model` → :func:`train_model` (train split only) → :func:`evaluate_model`
 (frozen embeddings; probes fitted on train embeddings, scored on test embeddings).
 :func:`fit_method` does the first two, :func:`run_method` all three;
-``examples/synthetic_benchmark.py`` sweeps them over methods, unique shares and seeds.
+``experiments/synthetic_sweep.py`` sweeps them over methods, unique shares and seeds.
 
 Leak-freedom is structural: :func:`train_model` receives only the train split, so every batch,
 augmentation and CLUB-critic update comes from training data (the official notebook drew the
@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .augmentations import FeatureAugmentation
-from .data.synthetic import LATENT_NAMES, SyntheticSplit, SyntheticSplits
-from .encoders import VectorFactorCL
-from .evaluation.club_check import club_critic_report, critic_inputs
-from .evaluation.probe import latent_decoding_r2, linear_probe_accuracy
-from .objectives import OBJECTIVES, train_club_critics
+from factorcl_hf.augmentations import FeatureAugmentation
+from factorcl_hf.data.synthetic import LATENT_NAMES, SyntheticSplit, SyntheticSplits
+from factorcl_hf.encoders import VectorFactorCL
+from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs
+from factorcl_hf.evaluation.probe import latent_decoding_r2, linear_probe_accuracy
+from factorcl_hf.objectives import OBJECTIVES, train_club_critics
 
 __all__ = [
     "METHODS",

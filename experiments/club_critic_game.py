@@ -2,15 +2,15 @@
 
 Each CLUB term is an upper bound that the encoders minimize while its critic, trained
 alongside them, tries to keep finding the information. After every epoch this script runs
-:func:`factorcl_hf.synthetic_benchmark.club_critic_check`: the InfoNCE (test split, nats) the
+:func:`experiments.synthetic_benchmark.club_critic_check`: the InfoNCE (test split, nats) the
 term's *own* critic finds in its heads' outputs, against a critic freshly fitted to the
 frozen features. If the two lines part, the encoders are hiding information from the critic
 that trains with them rather than removing it (docs/synthetic_benchmark.md).
 
 Run::
 
-    python examples/club_critic_game.py --out runs/club_game                     # paper's critics
-    python examples/club_critic_game.py --out runs/club_game_fast --club-critic-lr 1e-3 --club-critic-steps 5
+    python -m experiments.club_critic_game --out runs/club_game                     # paper's critics
+    python -m experiments.club_critic_game --out runs/club_game_fast --club-critic-lr 1e-3 --club-critic-steps 5
 
 writes ``DIR/club_critic_game.json`` (per epoch: the loss terms and, per CLUB term, ``own``
 and ``refit``) and ``DIR/club_critic_game.png`` (one panel per CLUB term). Defaults:
@@ -23,15 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import torch
 
-# Runnable as a plain script from the repository root without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from factorcl_hf.data.synthetic import make_synthetic  # noqa: E402
-from factorcl_hf.synthetic_benchmark import BenchmarkSettings, club_critic_check, fit_method  # noqa: E402
+from experiments.synthetic_benchmark import BenchmarkSettings, club_critic_check, fit_method
+from factorcl_hf.data.synthetic import make_synthetic
 
 FACTORCL_METHODS = ("factorcl_sup", "factorcl_ssl", "ourcl_sup", "ourcl_ssl")
 

@@ -15,7 +15,7 @@ at every ``u``; each record's ``trained_at_unique_share`` says which training it
 
 Run::
 
-    python examples/synthetic_benchmark.py --out runs/synthetic --quick
+    python -m experiments.synthetic_sweep --out runs/synthetic --quick
 
 writes ``DIR/synthetic_results.json`` (one object per method, unique share and seed:
 ``probe_acc``, ``backbone_probe_acc``, training and probing time, the last epoch's loss terms;
@@ -43,23 +43,19 @@ import contextlib
 import json
 import os
 import statistics
-import sys
 import warnings
 
 import torch
 
-# Runnable as a plain script from the repository root without installing the package.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from factorcl_hf.data.synthetic import bayes_accuracy, make_synthetic  # noqa: E402
-from factorcl_hf.evaluation.probe import linear_probe_accuracy  # noqa: E402
-from factorcl_hf.synthetic_benchmark import (  # noqa: E402
+from experiments.synthetic_benchmark import (
     METHODS,
     BenchmarkSettings,
     club_critic_check,
     fit_method,
     run_method,
 )
+from factorcl_hf.data.synthetic import bayes_accuracy, make_synthetic
+from factorcl_hf.evaluation.probe import linear_probe_accuracy
 
 REFERENCE = dict(num_samples=30000, epochs=10, batch_size=256)
 QUICK = dict(num_samples=4000, epochs=5, batch_size=64)
@@ -86,7 +82,7 @@ def run_sweep(
     :func:`input_probe_record` and one :func:`bayes_record` per (seed, unique share);
     label-free methods are trained once per seed and reused across shares. With
     ``critic_check_steps > 0`` every record of a method with CLUB terms gets
-    ``club_critic_check`` (:func:`~factorcl_hf.synthetic_benchmark.club_critic_check`, its
+    ``club_critic_check`` (:func:`~experiments.synthetic_benchmark.club_critic_check`, its
     critics refitted for that many steps)."""
     progress = _progress(len(seeds) * len(methods) * len(unique_shares), show_progress, "runs")
     records = []
