@@ -3,15 +3,65 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig, PreTrainedConfig
 
-# Kept in sync with objectives.OBJECTIVES / estimators.CRITIC_TYPES (a test checks it); not
-# imported from there so that this file stays self-contained for trust_remote_code copies.
-OBJECTIVE_NAMES = ("factorcl_ssl", "factorcl_sup", "simclr", "supcon", "cross_self", "ourcl_ssl", "ourcl_sup")
-SUPERVISED_OBJECTIVES = ("factorcl_sup", "supcon", "ourcl_sup")
-CRITIC_TYPE_NAMES = ("concat", "separable", "cosine")
+from .estimators import CRITIC_TYPES
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """What an objective is and needs: the one declaration that the config, the objectives,
+    the training script and the model card read.
+
+    Args:
+        name: the value of `FactorCLConfig.objective` / `--objective`.
+        title: display name (model card).
+        description: what it learns, one clause (model card).
+        supervised: needs labels (`--label_column`).
+        augmented_views: needs an augmented view of every pair (the backbone encodes 2B inputs).
+        factorized: separate shared (Z_S: two heads) and unique (Z_U: three heads) representations.
+    """
+
+    name: str
+    title: str
+    description: str
+    supervised: bool
+    augmented_views: bool
+    factorized: bool
+
+
+_SIX_BOUNDS = "separate shared and unique representations learned with six mutual-information bounds"
+_ONE_REPRESENTATION = "objective on one representation, without separate shared/unique heads"
+OBJECTIVE_REGISTRY: dict[str, ObjectiveSpec] = {
+    spec.name: spec
+    for spec in (
+        ObjectiveSpec("factorcl_ssl", "FactorCL-SSL", f"{_SIX_BOUNDS}, augmented views standing in for labels",
+                      supervised=False, augmented_views=True, factorized=True),
+        ObjectiveSpec("factorcl_sup", "FactorCL-SUP", f"{_SIX_BOUNDS} conditioned on the labels",
+                      supervised=True, augmented_views=False, factorized=True),
+        ObjectiveSpec("simclr", "SimCLR", "the cross-modal InfoNCE (CLIP) loss, which keeps shared information only",
+                      supervised=False, augmented_views=False, factorized=False),
+        ObjectiveSpec("supcon", "SupCon", "the supervised contrastive loss over both modalities' embeddings",
+                      supervised=True, augmented_views=False, factorized=False),
+        ObjectiveSpec("cross_self", "Cross+Self", "cross-modal InfoNCE plus InfoNCE between each sample and its augmented view",
+                      supervised=False, augmented_views=True, factorized=False),
+        ObjectiveSpec("ourcl_ssl", "OurCL-SSL", f"the FactorCL-SSL {_ONE_REPRESENTATION}",
+                      supervised=False, augmented_views=True, factorized=False),
+        ObjectiveSpec("ourcl_sup", "OurCL-SUP", f"the FactorCL-SUP {_ONE_REPRESENTATION}",
+                      supervised=True, augmented_views=False, factorized=False),
+    )
+}
+OBJECTIVES = tuple(OBJECTIVE_REGISTRY)
+
+
+def objective_spec(name: str) -> ObjectiveSpec:
+    """The registry entry of objective ``name``; a ``ValueError`` naming the choices otherwise."""
+    if name not in OBJECTIVE_REGISTRY:
+        raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {name!r}")
+    return OBJECTIVE_REGISTRY[name]
 
 
 @strict
@@ -87,13 +137,12 @@ class FactorCLConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Part of `@strict` validation: every value checked with a message naming it."""
-        if self.objective not in OBJECTIVE_NAMES:
-            raise ValueError(f"`objective` must be one of {OBJECTIVE_NAMES}, got {self.objective!r}")
+        spec = objective_spec(self.objective)
         if self.critic_type not in ("concat", "separable"):
             raise ValueError(f"`critic_type` must be 'concat' or 'separable', got {self.critic_type!r}")
-        if self.alignment_critic_type not in CRITIC_TYPE_NAMES:
+        if self.alignment_critic_type not in CRITIC_TYPES:
             raise ValueError(
-                f"`alignment_critic_type` must be one of {CRITIC_TYPE_NAMES}, got {self.alignment_critic_type!r}"
+                f"`alignment_critic_type` must be one of {CRITIC_TYPES}, got {self.alignment_critic_type!r}"
             )
         for name in ("head_dim", "head_hidden_dim", "critic_hidden_dim", "critic_num_hidden_layers", "critic_embed_dim"):
             if getattr(self, name) < 1:
@@ -106,7 +155,7 @@ class FactorCLConfig(PreTrainedConfig):
             raise ValueError(f"`critic_learning_rate` must be > 0, got {self.critic_learning_rate}")
         if self.critic_chunk_size is not None and self.critic_chunk_size < 1:
             raise ValueError(f"`critic_chunk_size` must be a positive integer or None, got {self.critic_chunk_size}")
-        if self.objective in SUPERVISED_OBJECTIVES and (self.num_labels is None or self.num_labels < 2):
+        if spec.supervised and (self.num_labels is None or self.num_labels < 2):
             raise ValueError(f"`num_labels` must be >= 2 for objective {self.objective!r}, got {self.num_labels}")
 
     @classmethod
@@ -125,12 +174,17 @@ class FactorCLConfig(PreTrainedConfig):
         return self.clip_config.projection_dim
 
     @property
+    def objective_spec(self) -> ObjectiveSpec:
+        """The objective's entry in :data:`OBJECTIVE_REGISTRY`."""
+        return objective_spec(self.objective)
+
+    @property
     def is_supervised(self) -> bool:
-        return self.objective in SUPERVISED_OBJECTIVES
+        return self.objective_spec.supervised
 
     @property
     def uses_augmented_views(self) -> bool:
-        return self.objective in ("factorcl_ssl", "ourcl_ssl", "cross_self")
+        return self.objective_spec.augmented_views
 
 
-__all__ = ["FactorCLConfig"]
+__all__ = ["FactorCLConfig", "ObjectiveSpec", "OBJECTIVE_REGISTRY", "OBJECTIVES", "objective_spec"]

@@ -22,6 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .configuration_factorcl import objective_spec
+
 __all__ = [
     "MODEL_CARD_TEMPLATE",
     "MODEL_CARD_TAGS",
@@ -46,20 +48,6 @@ PIPELINE_TAG = "zero-shot-image-classification"
 # Short enough for small text position tables; also CLIP's customary prompt.
 HYPOTHESIS_TEMPLATE = "a photo of a {}."
 
-OBJECTIVES = {
-    "factorcl_ssl": ("FactorCL-SSL", "separate shared and unique representations learned with six mutual-information "
-                     "bounds, augmented views standing in for labels"),
-    "factorcl_sup": ("FactorCL-SUP", "separate shared and unique representations learned with six mutual-information "
-                     "bounds conditioned on the labels"),
-    "simclr": ("SimCLR", "the cross-modal InfoNCE (CLIP) loss, which keeps shared information only"),
-    "supcon": ("SupCon", "the supervised contrastive loss over both modalities' embeddings"),
-    "cross_self": ("Cross+Self", "cross-modal InfoNCE plus InfoNCE between each sample and its augmented view"),
-    "ourcl_ssl": ("OurCL-SSL", "the FactorCL-SSL objective on one representation, without separate shared/unique heads"),
-    "ourcl_sup": ("OurCL-SUP", "the FactorCL-SUP objective on one representation, without separate shared/unique heads"),
-}
-# Objectives whose representation splits into Z_S = [shared; shared_cond] (2 heads) and
-# Z_U = [unique; unique_label; unique_cond] (3 heads), see objectives.FactorCLObjective.
-_FACTORIZED = ("factorcl_ssl", "factorcl_sup")
 # Evaluation task -> (model-index task type, pretty task name).
 _TASKS = {
     "retrieval": ("image-text-retrieval", "Image-text retrieval"),
@@ -168,10 +156,10 @@ def build_model_card(
         raise ValueError("`training_summary` must be a string or a mapping of training settings")
 
     objective = config.objective
-    title, description = OBJECTIVES.get(objective, (objective, "a contrastive objective"))
+    spec = objective_spec(objective)
     model_name = model_name or (repo_id.split("/")[-1] if repo_id else f"clip-{objective.replace('_', '-')}")
     results, rows = _eval_results(_records(eval_results))
-    factorized = objective in _FACTORIZED
+    factorized = spec.factorized
     head_dim = config.head_dim
     shared_dim = 2 * head_dim if factorized else head_dim
     unique_dim = 3 * head_dim if factorized else 0
@@ -192,8 +180,8 @@ def build_model_card(
         model_name=model_name,
         repo_id=repo_id or model_name,
         objective=objective,
-        objective_title=title,
-        objective_description=description,
+        objective_title=spec.title,
+        objective_description=spec.description,
         factorized=factorized,
         pooler_dim=head_dim,
         shared_dim=shared_dim,

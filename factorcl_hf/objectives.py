@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .configuration_factorcl import OBJECTIVES, objective_spec
 from .distributed import gather_features
 from .estimators import (
     NCECLUBEstimator,
@@ -412,25 +413,22 @@ def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, 
     return per_anchor.mean()
 
 
-OBJECTIVES = ("factorcl_ssl", "factorcl_sup", "simclr", "supcon", "cross_self", "ourcl_ssl", "ourcl_sup")
-
-
+# The baselines by registry name; every other objective of the registry is FactorCLObjective
+# (FactorCL, or OurCL when the registry says it does not factorize).
+_BASELINES = {"simclr": SimCLRObjective, "cross_self": CrossSelfObjective, "supcon": SupConObjective}
 # Options every objective takes; the critic options only concern FactorCL / OurCL.
 _COMMON_OPTIONS = ("num_labels", "head_dim", "head_hidden_dim", "temperature")
 
 
 def build_objective(name: str, input_dims: tuple[int, int], **options) -> ContrastiveObjective:
-    """Build an objective by name (one of ``OBJECTIVES``). ``options`` are the keyword
+    """Build an objective by name (one of ``OBJECTIVES``, declared in
+    :data:`~factorcl_hf.configuration_factorcl.OBJECTIVE_REGISTRY`). ``options`` are the keyword
     arguments of :class:`FactorCLObjective`; baselines use the common ones (head sizes,
     ``num_labels``, ``temperature``) and ignore the critic options."""
-    if name in ("factorcl_ssl", "factorcl_sup", "ourcl_ssl", "ourcl_sup"):
-        return FactorCLObjective(
-            input_dims, supervised=name.endswith("_sup"), factorized=name.startswith("factorcl"), **options
-        )
-    baselines = {"simclr": SimCLRObjective, "cross_self": CrossSelfObjective, "supcon": SupConObjective}
-    if name not in baselines:
-        raise ValueError(f"`objective` must be one of {OBJECTIVES}, got {name!r}")
-    return baselines[name](input_dims, **{k: v for k, v in options.items() if k in _COMMON_OPTIONS})
+    spec = objective_spec(name)
+    if name in _BASELINES:
+        return _BASELINES[name](input_dims, **{k: v for k, v in options.items() if k in _COMMON_OPTIONS})
+    return FactorCLObjective(input_dims, supervised=spec.supervised, factorized=spec.factorized, **options)
 
 
 def train_club_critics(

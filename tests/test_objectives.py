@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from factorcl_hf.configuration_factorcl import OBJECTIVE_REGISTRY
 from factorcl_hf.objectives import OBJECTIVES, build_objective, supervised_contrastive_loss, train_club_critics
 
 B, D1, D2, L = 8, 12, 10, 3
@@ -225,3 +226,26 @@ def test_club_estimators_list_every_club_critic(name):
     assert {id(p) for p in obj.club_critic_parameters()} == every
     if not every:
         assert obj.critic_loss({}) is None
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_the_registry_declares_what_each_objective_does(name):
+    """The registry (read by the config, the training script and the model card) against the
+    objective's behaviour: the inputs it refuses to run without, and whether it factorizes."""
+    spec = OBJECTIVE_REGISTRY[name]
+    assert spec.name == name
+    obj = build_objective(name, (D1, D2), num_labels=L, **SMALL)
+    batch = make_batch()
+    obj(**batch)
+    for key, declared in (("labels", spec.supervised), ("augmented_1", spec.augmented_views)):
+        if declared:
+            with pytest.raises(ValueError, match=f"`{key}`.* required"):
+                obj(**{**batch, key: None})
+        else:
+            obj(**{**batch, key: None})
+    representation = obj.represent(batch["features_1"], 0)
+    assert (representation.unique is not None) == spec.factorized
+    # The model card's sizes: Z_S is two heads wide and Z_U three when factorized, one head otherwise.
+    head = SMALL["head_dim"]
+    assert representation.shared.shape[1] == (2 if spec.factorized else 1) * head
+    assert representation.factorized.shape[1] == (5 if spec.factorized else 1) * head

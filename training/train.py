@@ -175,7 +175,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
 
     from factorcl_hf.augmentations import ImageAugmentation, TextAugmentation
     from factorcl_hf.checkpointing import TrainState, latest_checkpoint, save_checkpoint, save_pretrained_atomically
-    from factorcl_hf.configuration_factorcl import OBJECTIVE_NAMES, SUPERVISED_OBJECTIVES
+    from factorcl_hf.configuration_factorcl import objective_spec
     from factorcl_hf.data.image_text import (
         ImageTextCollator,
         IndexedDataset,
@@ -186,8 +186,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
     from factorcl_hf.evaluation.image_text import evaluate_image_text
     from factorcl_hf.objectives import train_club_critics
 
-    if args.objective not in OBJECTIVE_NAMES:
-        raise ValueError(f"`objective` must be one of {OBJECTIVE_NAMES}, got {args.objective!r}")
+    supervised = objective_spec(args.objective).supervised
     if args.per_device_train_batch_size < 2:
         raise ValueError(
             f"`per_device_train_batch_size` must be >= 2 for contrastive training, got {args.per_device_train_batch_size}"
@@ -227,7 +226,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
         train_source, label_column = data_dir, label_column or "label"
     else:
         train_source = args.train_data
-    if args.objective in SUPERVISED_OBJECTIVES and label_column is None:
+    if supervised and label_column is None:
         raise ValueError(f"`label_column` is required by the supervised objective {args.objective!r}")
     with accelerator.main_process_first():
         data = load_image_text_dataset(train_source, args.image_column, args.caption_column, label_column)
@@ -249,7 +248,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
         processor,
         image_column=args.image_column,
         caption_column=args.caption_column,
-        label_column=label_column if args.objective in SUPERVISED_OBJECTIVES else None,
+        label_column=label_column if supervised else None,
         # Crop straight to the model's input size: the processor's resize then does nothing.
         image_augmentation=ImageAugmentation(
             size=config.clip_config.vision_config.image_size, crop_scale=(args.crop_scale_min, 1.0)
