@@ -24,7 +24,8 @@ from factorcl_hf.data.synthetic import LATENT_NAMES, SyntheticSplit, SyntheticSp
 from factorcl_hf.encoders import VectorFactorCL
 from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs
 from factorcl_hf.evaluation.probe import latent_decoding_r2, linear_probe_accuracy
-from factorcl_hf.objectives import OBJECTIVES, train_club_critics
+from factorcl_hf.objectives import OBJECTIVES
+from factorcl_hf.training_step import training_step
 
 __all__ = [
     "METHODS",
@@ -174,11 +175,10 @@ def train_model(
 ) -> TrainingHistory:
     """Train ``model`` on the ``train`` split only.
 
-    Per batch: the encoders run once (on ``[x; augmented x]`` for SSL objectives), the loss
-    and the CLUB critics' loss are backpropagated together — the CLUB critics' loss only
-    sees detached features and the loss only frozen CLUB critics, so neither reaches the
-    other's parameters — both optimizers step, then ``club_critic_steps - 1`` more critic
-    steps run on the same detached features. ``seed`` fixes batch order and augmentations.
+    Per batch one :func:`~factorcl_hf.training_step.training_step` (the encoders run once, on
+    ``[x; augmented x]`` for SSL objectives; one backward of ``loss + critic_loss``; both
+    optimizers; ``club_critic_steps - 1`` extra CLUB-critic steps), with Adam at
+    ``settings.lr`` / ``settings.club_critic_lr``. ``seed`` fixes batch order and augmentations.
     ``on_step`` receives each step's loss terms (for progress bars); ``on_epoch_end`` the
     epoch's index and the model after it (for diagnostics such as :func:`club_critic_check`;
     it must leave the model's parameters alone).
@@ -208,16 +208,10 @@ def train_model(
                 inputs["labels"] = train.labels[indices]
             if augment is not None:
                 inputs["augmented_1"], inputs["augmented_2"] = augment(x1, generator), augment(x2, generator)
-            out = model(x1, x2, **inputs)
-            total = out.loss if out.critic_loss is None else out.loss + out.critic_loss
-            main_optimizer.zero_grad(set_to_none=True)
-            if critic_optimizer is not None:
-                critic_optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            main_optimizer.step()
-            if critic_optimizer is not None:
-                critic_optimizer.step()
-                train_club_critics(model.objective, out.critic_inputs, critic_optimizer, settings.club_critic_steps - 1)
+            out = training_step(
+                model, {"x1": x1, "x2": x2, **inputs}, main_optimizer, critic_optimizer,
+                club_critic_steps=settings.club_critic_steps,
+            )
 
             terms = {"loss": out.loss.item(), **{name: value.item() for name, value in out.loss_terms.items()}}
             for name, value in terms.items():

@@ -184,7 +184,7 @@ def train(args: argparse.Namespace) -> TrainingRun:
     )
     from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs, image_text_batches
     from factorcl_hf.evaluation.image_text import evaluate_image_text
-    from factorcl_hf.objectives import train_club_critics
+    from factorcl_hf.training_step import training_step
 
     supervised = objective_spec(args.objective).supervised
     if args.per_device_train_batch_size < 2:
@@ -320,23 +320,13 @@ def train(args: argparse.Namespace) -> TrainingRun:
         loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
         for batch in loader:
             seen_rows.extend(batch.pop("row_indices").tolist())
-            with accelerator.accumulate(model):
-                outputs = model(**batch, return_loss=True)
-                total = outputs.loss if outputs.critic_loss is None else outputs.loss + outputs.critic_loss
-                accelerator.backward(total)
-                if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(unwrapped.main_parameters(), args.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                if critic_optimizer is not None:
-                    critic_optimizer.step()
-                    critic_optimizer.zero_grad(set_to_none=True)
+            outputs = training_step(
+                model, {**batch, "return_loss": True}, optimizer, critic_optimizer,
+                club_critic_steps=config.club_critic_steps, scheduler=scheduler, max_grad_norm=args.max_grad_norm,
+                accelerator=accelerator,
+            )
             if not accelerator.sync_gradients:
                 continue
-            if critic_optimizer is not None and config.club_critic_steps > 1:
-                with accelerator.autocast():
-                    train_club_critics(unwrapped.objective, outputs.critic_inputs, critic_optimizer, config.club_critic_steps - 1)
             state.step += 1
             progress.update(1)
             terms = {"loss": outputs.loss.detach(), **(outputs.loss_terms or {})}

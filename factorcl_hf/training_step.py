@@ -1,0 +1,95 @@
+"""One optimization step of a model with a contrastive objective: the step shared by the CLIP
+trainer (``training/train.py``, under Accelerate) and the vector-encoder experiments (a plain
+loop).
+
+Per batch the model runs once; ``loss + critic_loss`` is backpropagated in one backward (the
+CLUB critics' loss only sees detached features and the loss only frozen CLUB critics, so
+neither reaches the other's parameters); the main optimizer steps (after optional gradient
+clipping, then the scheduler), then the CLUB critics' optimizer; finally
+``club_critic_steps - 1`` extra critic steps run on the same detached features
+(:func:`~factorcl_hf.objectives.train_club_critics`). The CLUB critic is thus always evaluated
+on a batch it has not been trained on yet (alternating updates, as in GAN training).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from .objectives import train_club_critics
+
+__all__ = ["training_step"]
+
+
+class _NoAccelerator:
+    """What :func:`training_step` uses of an ``accelerate.Accelerator``, for a plain loop: one
+    process, every batch updates, no mixed precision."""
+
+    sync_gradients = True
+
+    def accumulate(self, model):
+        return contextlib.nullcontext()
+
+    def autocast(self):
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor):
+        loss.backward()
+
+    def clip_grad_norm_(self, parameters, max_norm: float):
+        return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+
+    def unwrap_model(self, model):
+        return model
+
+
+def training_step(
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    optimizer: torch.optim.Optimizer,
+    critic_optimizer: torch.optim.Optimizer | None = None,
+    *,
+    club_critic_steps: int = 1,
+    scheduler=None,
+    max_grad_norm: float | None = None,
+    accelerator=None,
+):
+    """Train ``model`` on one batch and return its output (``loss``, ``loss_terms``, ...).
+
+    Args:
+        model: a model whose ``model(**inputs)`` returns ``loss``, ``critic_loss`` and
+            ``critic_inputs`` (``FactorCLModel`` with ``return_loss=True`` in ``inputs``,
+            ``VectorFactorCL``), with ``main_parameters()`` and an ``objective`` (when wrapped
+            by ``accelerator``, the unwrapped model has them).
+        optimizer: the main optimizer (encoders, heads, InfoNCE critics).
+        critic_optimizer: the CLUB critics' optimizer (``None`` for objectives without them).
+        club_critic_steps: CLUB-critic updates per batch (k in the paper): the first with the
+            main step, the others on the same detached features.
+        scheduler: stepped after the main optimizer, if given.
+        max_grad_norm: clip the main parameters' gradient norm to this before their step.
+        accelerator: an ``accelerate.Accelerator`` that prepared ``model`` and the optimizers:
+            the step then runs under its gradient accumulation, backward, clipping and
+            autocast, and the extra critic steps wait for the micro-batch that updates.
+    """
+    accelerator = accelerator or _NoAccelerator()
+    unwrapped = accelerator.unwrap_model(model)
+    with accelerator.accumulate(model):
+        outputs = model(**inputs)
+        accelerator.backward(outputs.loss if outputs.critic_loss is None else outputs.loss + outputs.critic_loss)
+        if max_grad_norm and accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(unwrapped.main_parameters(), max_grad_norm)
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if critic_optimizer is not None:
+            critic_optimizer.step()
+            critic_optimizer.zero_grad(set_to_none=True)
+    # Under gradient accumulation the optimizers only step on the last micro-batch; so do
+    # the extra critic steps (on that micro-batch's features).
+    if critic_optimizer is not None and club_critic_steps > 1 and accelerator.sync_gradients:
+        with accelerator.autocast():
+            train_club_critics(unwrapped.objective, outputs.critic_inputs, critic_optimizer, club_critic_steps - 1)
+    return outputs
