@@ -43,7 +43,10 @@ def all_pairs_label_scores():
 
 def run(batch_size: int, num_labels: int, dim: int = 128, repeats: int = 9) -> dict:
     torch.manual_seed(0)
-    objective = build_objective("factorcl_sup", (dim, dim), num_labels=num_labels)
+    objective = build_objective(
+        "factorcl_sup", (dim, dim), num_labels=num_labels, head_dim=128, head_hidden_dim=512, critic_hidden_dim=512,
+        alignment_critic_type="concat",
+    )
     features = [torch.randn(batch_size, dim, requires_grad=True) for _ in range(2)]
     labels = torch.randint(0, num_labels, (batch_size,))
 

@@ -55,6 +55,8 @@ OBJECTIVE_REGISTRY: dict[str, ObjectiveSpec] = {
     )
 }
 OBJECTIVES = tuple(OBJECTIVE_REGISTRY)
+# Training hyperparameters that configs saved by earlier versions hold (see `from_dict`).
+_TRAINING_KEYS = ("club_critic_steps", "critic_learning_rate")
 
 
 def objective_spec(name: str) -> ObjectiveSpec:
@@ -68,7 +70,9 @@ def objective_spec(name: str) -> ObjectiveSpec:
 class FactorCLConfig(PreTrainedConfig):
     r"""
     Configuration of a [`FactorCLModel`]: a CLIP backbone plus the heads and critics of a
-    contrastive objective over its image and text embeddings.
+    contrastive objective over its image and text embeddings. Architecture only: how the model
+    is trained (learning rates, the CLUB critics' steps per batch, ...) is a training argument
+    (`training/arguments.py`).
 
     Args:
         clip_config (`dict` or `CLIPConfig`, *optional*):
@@ -77,26 +81,22 @@ class FactorCLConfig(PreTrainedConfig):
             One of `factorcl_ssl`, `factorcl_sup` (the six-term FactorCL objectives), `simclr`
             (the CLIP loss), `supcon`, `cross_self`, `ourcl_ssl`, `ourcl_sup` (FactorCL without
             separate shared/unique heads).
-        head_dim (`int`, defaults to 128):
+        head_dim (`int`, defaults to 64):
             Output size of every projection head (Z_S is `2 * head_dim`, Z_U `3 * head_dim`).
-        head_hidden_dim (`int`, defaults to 512):
+        head_hidden_dim (`int`, defaults to 256):
             Hidden size of the projection heads.
         critic_type (`str`, defaults to `"concat"`):
             Critic of the MI estimators: `concat` (the paper's MLP on `[x; y]`) or `separable`.
-        critic_hidden_dim (`int`, defaults to 512), critic_num_hidden_layers (`int`, defaults to 1),
+        critic_hidden_dim (`int`, defaults to 256), critic_num_hidden_layers (`int`, defaults to 1),
         critic_embed_dim (`int`, defaults to 128):
-            Critic sizes (one hidden layer as in the paper; 2 reproduces the reference code;
-            `critic_embed_dim` is used by separable critics).
+            Critic sizes (one hidden layer as in the paper, which uses 512 units; 2 layers
+            reproduce the reference code; `critic_embed_dim` is used by separable critics).
         alignment_critic_type (`str`, defaults to `"cosine"`):
             Critic of the shared InfoNCE term I(X1;X2), which also scores retrieval. `cosine`
             makes that term the CLIP loss and `logits_per_image` CLIP's scaled cosine
             similarity; `concat` is the paper's estimator.
-        logit_temperature (`float`, defaults to 0.07):
+        logit_temperature (`float`, defaults to 0.1):
             Temperature of cosine critics (logits are `cos / logit_temperature`).
-        club_critic_steps (`int`, defaults to 1):
-            Optimizer steps of the CLUB critics per training batch (k in the paper).
-        critic_learning_rate (`float`, defaults to 1e-3):
-            Learning rate of the CLUB critics' own optimizer.
         critic_chunk_size (`int`, *optional*):
             Rows of the all-pairs critic evaluated at a time (bounds memory for big batches).
         num_labels (`int`, defaults to 2):
@@ -116,16 +116,14 @@ class FactorCLConfig(PreTrainedConfig):
 
     clip_config: dict | CLIPConfig | None = None
     objective: str = "factorcl_ssl"
-    head_dim: int = 128
-    head_hidden_dim: int = 512
+    head_dim: int = 64
+    head_hidden_dim: int = 256
     critic_type: str = "concat"
-    critic_hidden_dim: int = 512
+    critic_hidden_dim: int = 256
     critic_num_hidden_layers: int = 1
     critic_embed_dim: int = 128
     alignment_critic_type: str = "cosine"
-    logit_temperature: float = 0.07
-    club_critic_steps: int = 1
-    critic_learning_rate: float = 1e-3
+    logit_temperature: float = 0.1
     critic_chunk_size: int | None = None
 
     def __post_init__(self, **kwargs):
@@ -147,12 +145,8 @@ class FactorCLConfig(PreTrainedConfig):
         for name in ("head_dim", "head_hidden_dim", "critic_hidden_dim", "critic_num_hidden_layers", "critic_embed_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
-        if self.club_critic_steps < 1:
-            raise ValueError(f"`club_critic_steps` must be >= 1 (k in the paper), got {self.club_critic_steps}")
         if not self.logit_temperature > 0:
             raise ValueError(f"`logit_temperature` must be > 0, got {self.logit_temperature}")
-        if not self.critic_learning_rate > 0:
-            raise ValueError(f"`critic_learning_rate` must be > 0, got {self.critic_learning_rate}")
         if self.critic_chunk_size is not None and self.critic_chunk_size < 1:
             raise ValueError(f"`critic_chunk_size` must be a positive integer or None, got {self.critic_chunk_size}")
         if spec.supervised and (self.num_labels is None or self.num_labels < 2):
@@ -166,6 +160,9 @@ class FactorCLConfig(PreTrainedConfig):
                 f"This checkpoint is a {model_type!r} model, not a {cls.model_type!r} one. To start from a "
                 "CLIP checkpoint use `FactorCLModel.from_clip(path_or_id)`."
             )
+        # Configs saved before the training hyperparameters left the model config carry them;
+        # they are training arguments now (training/arguments.py) and are dropped on load.
+        config_dict = {k: v for k, v in config_dict.items() if k not in _TRAINING_KEYS}
         return super().from_dict(config_dict, **kwargs)
 
     @property

@@ -10,7 +10,7 @@ from factorcl_hf.distributed import gather_features
 from factorcl_hf.objectives import build_objective
 
 B, D = 8, 6
-KWARGS = dict(num_labels=3, head_dim=4, head_hidden_dim=8, critic_hidden_dim=8)
+KWARGS = dict(num_labels=3, head_dim=4, head_hidden_dim=8, critic_hidden_dim=8, alignment_critic_type="concat")
 
 
 def batch():

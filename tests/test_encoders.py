@@ -6,7 +6,10 @@ from factorcl_hf.encoders import MLPEncoder, VectorFactorCL
 from factorcl_hf.objectives import OBJECTIVES, FactorCLObjective, SimCLRObjective, build_objective
 
 D1, D2, EMBED, HEAD = 7, 5, 6, 4
-TINY = dict(hidden_dim=12, embed_dim=EMBED, num_layers=1, head_dim=HEAD, head_hidden_dim=8, critic_hidden_dim=8)
+TINY = dict(
+    hidden_dim=12, embed_dim=EMBED, num_layers=1, head_dim=HEAD, head_hidden_dim=8, critic_hidden_dim=8,
+    alignment_critic_type="concat",
+)
 
 
 def tiny_model(method="factorcl_sup", **kwargs):

@@ -36,7 +36,7 @@ from factorcl_hf.evaluation.zero_shot import topk_accuracy, zero_shot_logits
 from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 
 REPO = Path(__file__).resolve().parent.parent
-SMALL_HEADS = dict(head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8)
+SMALL_HEADS = dict(head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8, logit_temperature=0.07)
 
 
 # --------------------------------------------------------------------------- fixtures

@@ -32,7 +32,7 @@ def model_and_processor():
     tokenizer = build_caption_tokenizer(CAPTIONS)
     config = FactorCLConfig(
         clip_config=tiny_clip_config(len(tokenizer), **special_token_ids(tokenizer)),
-        head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8,
+        head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8, logit_temperature=0.07,
     )
     torch.manual_seed(0)
     return FactorCLModel(config).eval(), tiny_clip_processor(tokenizer, 32)

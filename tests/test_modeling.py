@@ -9,7 +9,8 @@ from factorcl_hf.objectives import OBJECTIVES
 from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 
 CAPTIONS = ["a small circle at the top", "a large square at the bottom", "a small cross", "a large triangle drawn by anna"]
-SMALL_HEADS = dict(head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8, num_labels=3)
+SMALL_HEADS = dict(head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8, num_labels=3,
+                   logit_temperature=0.07)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,22 @@ def test_save_and_reload_give_identical_outputs(tmp_path, clip_config, batch, ob
         assert (a.logits_per_image - b.logits_per_image).abs().max().item() == 0
         assert (a.image_embeds.factorized_embeds - b.image_embeds.factorized_embeds).abs().max().item() == 0
         assert a.loss.item() == b.loss.item()
+
+
+def test_configs_saved_with_training_hyperparameters_still_load(tmp_path, clip_config, batch):
+    """Configs saved before `club_critic_steps` / `critic_learning_rate` became training
+    arguments hold them; they load without error, and the loaded config drops them."""
+    import json
+
+    model = make_model(clip_config).eval()
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert "club_critic_steps" not in saved and "critic_learning_rate" not in saved
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "club_critic_steps": 3, "critic_learning_rate": 0.01}))
+    loaded = FactorCLModel.from_pretrained(tmp_path).eval()
+    assert not hasattr(loaded.config, "club_critic_steps") and not hasattr(loaded.config, "critic_learning_rate")
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits_per_image, loaded(**batch).logits_per_image)
 
 
 def test_plain_clip_checkpoint_loads_into_the_backbone(tmp_path, clip_config, batch):

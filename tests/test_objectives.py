@@ -8,7 +8,8 @@ from factorcl_hf.configuration_factorcl import OBJECTIVE_REGISTRY
 from factorcl_hf.objectives import OBJECTIVES, build_objective, supervised_contrastive_loss, train_club_critics
 
 B, D1, D2, L = 8, 12, 10, 3
-SMALL = dict(head_dim=6, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8)
+# The paper's concat alignment critic: the loop reference below computes its one-directional InfoNCE.
+SMALL = dict(head_dim=6, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8, alignment_critic_type="concat")
 
 
 def make_batch(seed=0, batch=B):

@@ -1,6 +1,7 @@
 """The training script end to end on tiny data: multi-process, resume, one backbone call
 per step, bad inputs."""
 
+import inspect
 import json
 import math
 import os
@@ -12,13 +13,16 @@ import pytest
 from safetensors.torch import load_file
 from transformers import CLIPModel
 
+from factorcl_hf import FactorCLConfig
 from factorcl_hf.data.shapes import write_shapes_imagefolder
+from factorcl_hf.estimators import CosineCritic
+from factorcl_hf.objectives import ContrastiveObjective, FactorCLObjective, build_objective
 from training.train import main, parse_args, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--tiny_hidden_size", "32", "--tiny_num_layers", "1", "--tiny_projection_dim", "16", "--head_dim", "8",
         "--head_hidden_dim", "16", "--critic_hidden_dim", "16", "--per_device_train_batch_size", "8",
-        "--eval_split", "none", "--disable_tqdm", "--learning_rate", "1e-3"]
+        "--eval_split", "none", "--disable_tqdm", "--learning_rate", "1e-3", "--logit_temperature", "0.07"]
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +32,28 @@ def data_dir(tmp_path_factory):
 
 def run_flags(data_dir, out, *extra):
     return ["--train_data", str(data_dir), "--label_column", "label", "--output_dir", str(out), *TINY, *extra]
+
+
+def test_one_default_per_option():
+    """The training arguments, the model config and the objective classes agree on the
+    default of every option they share (the objective names the temperature `temperature`)."""
+    args, config = parse_args([]), FactorCLConfig()
+    shared = [name for name in FactorCLConfig.__annotations__ if hasattr(args, name)]
+    assert {"objective", "head_dim", "head_hidden_dim", "critic_hidden_dim", "alignment_critic_type",
+            "logit_temperature"} <= set(shared)
+    assert not {"club_critic_steps", "critic_learning_rate"} & set(FactorCLConfig.__annotations__), "training options"
+    for name in shared:
+        assert getattr(args, name) == getattr(config, name), name
+    for cls in (ContrastiveObjective, FactorCLObjective):
+        for name, parameter in inspect.signature(cls.__init__).parameters.items():
+            config_name = {"temperature": "logit_temperature"}.get(name, name)
+            if parameter.default is not parameter.empty and config_name in FactorCLConfig.__annotations__:
+                assert parameter.default == getattr(config, config_name), f"{cls.__name__}.{name}"
+    objective = build_objective(config.objective, (16, 16))
+    assert (objective.head_dim, objective.temperature) == (config.head_dim, config.logit_temperature)
+    assert isinstance(objective.alignment_critic, CosineCritic) and config.alignment_critic_type == "cosine"
+    assert objective.alignment_critic.temperature == config.logit_temperature
+    assert objective.club_unique.critic.hidden_dim == config.critic_hidden_dim
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data_dir, tmp_path):

@@ -1,0 +1,140 @@
+"""The options of a training job: one dataclass, each option declared once with its default
+and help text, parsed with `transformers.HfArgumentParser`.
+
+Values come from the defaults below, then a ``--config`` file (YAML or JSON, the same keys;
+unknown keys are an error), then command-line flags, which win. The options named like a
+``FactorCLConfig`` field (objective, heads, critics: the architecture) go to the model's
+config, whose defaults are the same (a test checks it); the others say how it is trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from transformers import HfArgumentParser
+
+__all__ = ["TrainingArguments", "parse_args", "load_config_file"]
+
+
+def _option(default, help: str, **kwargs):
+    return field(default=default, metadata={"help": help, **kwargs})
+
+
+@dataclass
+class TrainingArguments:
+    """Every option of ``training/train.py`` (see ``--help``)."""
+
+    config: str | None = _option(None, "YAML/JSON file of any of these options (e.g. training/configs/demo.yaml); "
+                                 "flags given on the command line override it")
+    # -- data
+    train_data: str | None = _option(None, "imagefolder dir, .csv/.jsonl/.parquet file or Hub dataset id; "
+                                     "default: the embedded shapes dataset")
+    train_split: str = _option("train", "split to train on")
+    eval_split: str = _option("test", "split to evaluate on; 'none' to skip")
+    image_column: str = _option("image", "image column")
+    caption_column: str = _option("caption", "caption column")
+    label_column: str | None = _option(None, "label column (required by supervised objectives; used by the linear probe)")
+    num_train_samples: int = _option(2000, "size of the embedded dataset when --train_data is not given")
+    unique_share: float | None = _option(None, "embedded dataset: share of labels from unique attributes "
+                                         "(default: the dataset's)")
+    dataloader_num_workers: int = _option(0, "data-loader worker processes")
+    retrieval_match_columns: list[str] | None = _option(None, "also report retrieval where any item agreeing with "
+                                                        "the query on these columns is a hit")
+    # -- model: a CLIP checkpoint, or a tiny random CLIP
+    clip_model: str | None = _option(None, "CLIP checkpoint (Hub id or dir) to start from; default: a tiny random CLIP")
+    tiny_image_size: int = _option(32, "tiny CLIP: image size")
+    tiny_patch_size: int = _option(8, "tiny CLIP: patch size")
+    tiny_hidden_size: int = _option(64, "tiny CLIP: width of both towers")
+    tiny_num_layers: int = _option(2, "tiny CLIP: layers of both towers")
+    tiny_projection_dim: int = _option(64, "tiny CLIP: projection (backbone embedding) size")
+    # -- model: objective, heads and critics (FactorCLConfig fields, same defaults)
+    objective: str = _option("factorcl_ssl", "a name of factorcl_hf.configuration_factorcl.OBJECTIVE_REGISTRY "
+                             "(README: Training); supervised objectives need --label_column")
+    head_dim: int = _option(64, "output size of every projection head")
+    head_hidden_dim: int = _option(256, "hidden size of the projection heads")
+    critic_type: str = _option("concat", "critic of the learned MI bounds: concat (the paper's) or separable")
+    critic_hidden_dim: int = _option(256, "hidden size of the learned critics")
+    critic_num_hidden_layers: int = _option(1, "hidden layers of the learned critics (paper: 1)")
+    alignment_critic_type: str = _option("cosine", "critic of the shared InfoNCE term, which also scores retrieval: "
+                                         "cosine (the CLIP loss), concat or separable")
+    logit_temperature: float = _option(0.1, "temperature of cosine critics (logits = cos / temperature)")
+    critic_chunk_size: int | None = _option(None, "rows of the all-pairs critics evaluated at a time (bounds memory)")
+    # -- the CLUB critics' own optimizer
+    club_critic_steps: int = _option(1, "CLUB-critic optimizer steps per batch (k in the paper: 1)")
+    critic_learning_rate: float = _option(1e-3, "learning rate of the CLUB critics' Adam")
+    # -- augmentations (objectives that need augmented views)
+    crop_scale_min: float = _option(0.2, "smallest crop area of the image augmentation (paper: 0.2)")
+    text_augmentation: Literal["delete", "mask", "none"] = _option("delete", "text augmentation of each caption")
+    # -- optimization
+    output_dir: str = _option("outputs/run", "where the model, results.json and checkpoints go")
+    num_train_epochs: int = _option(1, "passes over the training split")
+    max_train_steps: int | None = _option(None, "optimizer steps (overrides --num_train_epochs)")
+    per_device_train_batch_size: int = _option(32, "training batch per process (contrastive: at least 2)")
+    per_device_eval_batch_size: int = _option(128, "evaluation batch")
+    learning_rate: float = _option(5e-4, "AdamW learning rate of the backbone, heads and InfoNCE critics")
+    weight_decay: float = _option(0.01, "AdamW weight decay")
+    lr_scheduler_type: str = _option("cosine", "transformers scheduler name")
+    num_warmup_steps: int = _option(0, "learning-rate warm-up steps")
+    gradient_accumulation_steps: int = _option(1, "micro-batches per optimizer step")
+    max_grad_norm: float = _option(1.0, "clip the main parameters' gradient norm (0: off)")
+    mixed_precision: Literal["no", "fp16", "bf16"] = _option("no", "mixed precision")
+    cpu: bool = _option(False, "train on the CPU even if a GPU is present")
+    seed: int = _option(0, "seed of the data, the model's initialization and the augmentations")
+    # -- checkpoints, logging, evaluation, Hub
+    checkpointing_steps: int | None = _option(None, "save an accelerate checkpoint every N optimizer steps")
+    checkpoints_total_limit: int = _option(2, "checkpoints kept")
+    resume_from_checkpoint: str | None = _option(None, "checkpoint dir, or 'latest' (newest under OUTPUT_DIR/checkpoints)")
+    report_to: Literal["none", "tensorboard"] = _option("none", "tracker of every loss term")
+    logging_steps: int = _option(10, "log the mean loss terms of every N optimizer steps (train_log.jsonl, trackers)")
+    club_critic_check_steps: int = _option(0, "after training, fit fresh CLUB critics for N steps on the frozen train "
+                                           "features and compare them with the trained ones on the eval split "
+                                           "(0: off; single-process runs)")
+    eval_every_epoch: bool = _option(False, "also evaluate after every epoch but the last")
+    push_to_hub: bool = _option(False, "push model, processor and card to --hub_model_id")
+    hub_model_id: str | None = _option(None, "USER/NAME on the Hub")
+    disable_tqdm: bool = _option(False, "no progress bar")
+    save_seen_rows: bool = _option(False, "write the row indices each process trained on (debugging)")
+
+    def __post_init__(self):
+        for name, minimum in (("per_device_train_batch_size", 2), ("logging_steps", 1), ("club_critic_check_steps", 0),
+                              ("club_critic_steps", 1)):
+            if getattr(self, name) < minimum:
+                why = " for contrastive training" if name == "per_device_train_batch_size" else ""
+                raise ValueError(f"`{name}` must be >= {minimum}{why}, got {getattr(self, name)}")
+        if not self.critic_learning_rate > 0:
+            raise ValueError(f"`critic_learning_rate` must be > 0, got {self.critic_learning_rate}")
+
+
+_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainingArguments))
+
+
+def load_config_file(path: str) -> dict:
+    """The options of a YAML or JSON ``--config`` file; unknown keys are an error."""
+    text = Path(path).read_text()
+    if path.endswith(".json"):
+        config = json.loads(text)
+    else:
+        import yaml
+
+        config = yaml.safe_load(text) or {}
+    unknown = sorted(set(config) - set(_OPTIONS))
+    if unknown:
+        raise ValueError(f"`config` file {path!r} has unknown options {unknown}; known: {sorted(_OPTIONS)}")
+    return config
+
+
+def parse_args(argv: list[str] | None = None) -> TrainingArguments:
+    """Defaults, overridden by the ``--config`` file, overridden by the flags in ``argv``."""
+    parser = HfArgumentParser(TrainingArguments, description=__doc__.split("\n\n")[0])
+    config_path = argparse.ArgumentParser(add_help=False)
+    config_path.add_argument("--config")
+    path = config_path.parse_known_args(argv)[0].config
+    if path:
+        parser.set_defaults(**load_config_file(path))
+    (args,) = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
+    return args

@@ -1,0 +1,369 @@
+"""The parts of a training job, in the order ``training/train.py`` calls them: the accelerator,
+the data, the model and its processor, the data loader, the optimizers, one epoch, and the
+evaluation and save at the end. (open_clip splits its ``main`` the same way.)
+
+This module holds the heavy imports (torch, accelerate, transformers, the package); the
+command line is parsed before it is imported, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import ProjectConfiguration, set_seed
+from tqdm.auto import tqdm
+from transformers import AutoProcessor, get_scheduler
+
+from factorcl_hf import FactorCLConfig, FactorCLModel
+from factorcl_hf.augmentations import ImageAugmentation, TextAugmentation
+from factorcl_hf.checkpointing import TrainState, latest_checkpoint, save_checkpoint, save_pretrained_atomically
+from factorcl_hf.configuration_factorcl import objective_spec
+from factorcl_hf.data.image_text import ImageTextCollator, IndexedDataset, drop_undecodable_images, load_image_text_dataset
+from factorcl_hf.data.shapes import DEFAULT_UNIQUE_SHARE, write_shapes_imagefolder
+from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs, image_text_batches
+from factorcl_hf.evaluation.image_text import evaluate_image_text
+from factorcl_hf.hub import build_model_card, push_to_hub
+from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+from factorcl_hf.training_step import training_step
+from training.arguments import TrainingArguments
+
+log = logging.getLogger("factorcl.train")
+
+
+# --------------------------------------------------------------------------- accelerator
+def check_objective(args: TrainingArguments) -> None:
+    """Fail on an unknown ``--objective`` before anything starts (the registry lives in the package)."""
+    objective_spec(args.objective)
+
+
+def build_accelerator(args: TrainingArguments) -> Accelerator:
+    """An accelerator for this run, logging set up and every RNG seeded. Several processes
+    without a GPU (`accelerate launch --multi_gpu --num_processes 2` on a CPU machine) need
+    `cpu=True` for accelerate to pick gloo."""
+    output_dir = Path(args.output_dir)
+    multi_process_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(
+        cpu=args.cpu or multi_process_cpu,
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        # Seeded shuffling: the data order of an epoch is the same after a resume.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING, format="%(message)s")
+    set_seed(args.seed)
+    return accelerator
+
+
+# ---------------------------------------------------------------------------------- data
+@dataclass
+class TrainingData:
+    """The splits of a run: ``train`` (undecodable images dropped, ``dropped`` of them),
+    ``eval`` (``None`` when ``--eval_split`` names no split), where they came from
+    (``source``) and the label column (the embedded dataset's, unless one was given)."""
+
+    train: Any
+    eval: Any
+    label_column: str | None
+    source: str | Path
+    dropped: int
+
+
+def build_data(args: TrainingArguments, accelerator: Accelerator) -> TrainingData:
+    """Load ``--train_data``, or write the embedded shapes dataset next to the output dir."""
+    label_column = args.label_column
+    if args.train_data is None:
+        share = DEFAULT_UNIQUE_SHARE if args.unique_share is None else args.unique_share
+        data_dir = Path(args.output_dir).parent / "data" / f"shapes-{args.num_train_samples}-{share}-seed{args.seed}"
+        with accelerator.main_process_first():
+            if accelerator.is_main_process:
+                write_shapes_imagefolder(data_dir, num_samples=args.num_train_samples, seed=args.seed, unique_share=share)
+        source, label_column = data_dir, label_column or "label"
+    else:
+        source = args.train_data
+    if objective_spec(args.objective).supervised and label_column is None:
+        raise ValueError(f"`label_column` is required by the supervised objective {args.objective!r}")
+    with accelerator.main_process_first():
+        data = load_image_text_dataset(source, args.image_column, args.caption_column, label_column)
+    if args.train_split not in data:
+        raise ValueError(f"`train_split` {args.train_split!r} not in the data; splits: {sorted(data)}")
+    train_set, dropped = drop_undecodable_images(data[args.train_split], args.image_column)
+    if len(train_set) < args.per_device_train_batch_size * accelerator.num_processes:
+        raise ValueError(
+            f"The training split has {len(train_set)} usable rows, fewer than one global batch "
+            f"({args.per_device_train_batch_size} x {accelerator.num_processes} processes)"
+        )
+    eval_set = data[args.eval_split] if args.eval_split in data else None
+    return TrainingData(train_set, eval_set, label_column, source, dropped)
+
+
+# ------------------------------------------------------------------------------- model
+def model_options(args: TrainingArguments) -> dict[str, Any]:
+    """The training arguments named like a ``FactorCLConfig`` field: the architecture."""
+    return {name: getattr(args, name) for name in FactorCLConfig.__annotations__ if hasattr(args, name)}
+
+
+def build_model_and_processor(args: TrainingArguments, train_set, label_column: str | None):
+    """A CLIP checkpoint wrapped with fresh FactorCL heads, or a tiny random CLIP with a
+    tokenizer built from the training captions (offline)."""
+    options = model_options(args)
+    if label_column is not None:
+        options["num_labels"] = max(2, int(max(train_set[label_column])) + 1)
+    if args.clip_model:
+        return FactorCLModel.from_clip(args.clip_model, **options), AutoProcessor.from_pretrained(args.clip_model)
+    max_length = 32
+    tokenizer = build_caption_tokenizer(train_set[args.caption_column], model_max_length=max_length)
+    clip_config = tiny_clip_config(
+        len(tokenizer),
+        **special_token_ids(tokenizer),
+        image_size=args.tiny_image_size,
+        patch_size=args.tiny_patch_size,
+        hidden_size=args.tiny_hidden_size,
+        projection_dim=args.tiny_projection_dim,
+        num_layers=args.tiny_num_layers,
+        max_position_embeddings=max_length,
+    )
+    return FactorCLModel(FactorCLConfig(clip_config=clip_config, **options)), tiny_clip_processor(tokenizer, args.tiny_image_size)
+
+
+def build_train_loader(args: TrainingArguments, model: FactorCLModel, processor, data: TrainingData):
+    """The collator (labels for supervised objectives, augmented views for those that need
+    them) and the shuffled training loader over ``data.train``."""
+    config = model.config
+    uses_views = config.uses_augmented_views
+    collator = ImageTextCollator(
+        processor,
+        image_column=args.image_column,
+        caption_column=args.caption_column,
+        label_column=data.label_column if config.is_supervised else None,
+        # Crop straight to the model's input size: the processor's resize then does nothing.
+        image_augmentation=ImageAugmentation(
+            size=config.clip_config.vision_config.image_size, crop_scale=(args.crop_scale_min, 1.0)
+        )
+        if uses_views
+        else None,
+        text_augmentation=TextAugmentation(mode=args.text_augmentation)
+        if uses_views and args.text_augmentation != "none"
+        else None,
+        seed=args.seed,
+        max_length=config.clip_config.text_config.max_position_embeddings,
+    )
+    loader = torch.utils.data.DataLoader(
+        IndexedDataset(data.train),
+        batch_size=args.per_device_train_batch_size,
+        shuffle=True,
+        drop_last=True,  # every contrastive batch full (and the same size on every process)
+        collate_fn=collator,
+        num_workers=args.dataloader_num_workers,
+        # Workers are re-created every epoch on purpose (no persistent_workers): that is how
+        # the collator's new `epoch`, which seeds each row's augmentation, reaches them.
+        pin_memory=torch.cuda.is_available(),
+    )
+    return collator, loader
+
+
+# -------------------------------------------------------------------------- optimizers
+@dataclass
+class Schedule:
+    """Optimizer steps per epoch and in all (``--max_train_steps`` or the epochs')."""
+
+    steps_per_epoch: int
+    max_steps: int
+
+    @property
+    def num_epochs(self) -> int:
+        return math.ceil(self.max_steps / self.steps_per_epoch)
+
+
+def build_optimizers(args: TrainingArguments, model: FactorCLModel, accelerator: Accelerator, num_batches: int):
+    """AdamW for the backbone, heads and InfoNCE critics with its learning-rate schedule, and
+    Adam for the CLUB critics (``None`` without CLUB terms): ``(optimizer, critic_optimizer,
+    scheduler, schedule)``."""
+    # Fused (single-kernel) Adam where torch has it: 5x faster optimizer steps on CPU.
+    fused = {"fused": True} if accelerator.device.type in ("cpu", "cuda") else {}
+    optimizer = torch.optim.AdamW(model.main_parameters(), lr=args.learning_rate, weight_decay=args.weight_decay, **fused)
+    critic_params = model.club_critic_parameters()
+    critic_optimizer = torch.optim.Adam(critic_params, lr=args.critic_learning_rate, **fused) if critic_params else None
+    steps_per_epoch = math.ceil(num_batches / accelerator.num_processes / args.gradient_accumulation_steps)
+    schedule = Schedule(steps_per_epoch, args.max_train_steps or args.num_train_epochs * steps_per_epoch)
+    scheduler = get_scheduler(
+        args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps, num_training_steps=schedule.max_steps
+    )
+    return optimizer, critic_optimizer, scheduler, schedule
+
+
+def resume(args: TrainingArguments, accelerator: Accelerator, state) -> None:
+    """Load ``--resume_from_checkpoint`` (a folder, or ``latest``) into the prepared objects."""
+    output_dir = Path(args.output_dir)
+    path = latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
+    if path is None:
+        log.info("No checkpoint under %s; starting from scratch", output_dir / "checkpoints")
+        return
+    accelerator.load_state(str(path))
+    log.info("Resumed from %s at step %d", path, state.step)
+
+
+# ------------------------------------------------------------------------------- epoch
+def progress_bar(args: TrainingArguments, accelerator: Accelerator, initial: int, total: int):
+    """The optimizer-step progress bar (local main process only)."""
+    return tqdm(total=total, initial=initial, disable=args.disable_tqdm or not accelerator.is_local_main_process, desc="train")
+
+
+class LossLog:
+    """Mean loss terms over windows of ``logging_steps`` optimizer steps (and the last,
+    shorter one). Terms are summed on the device and read back once per window: a ``.item()``
+    per term per step would stall an accelerator on every step."""
+
+    def __init__(self, args: TrainingArguments, accelerator: Accelerator, max_steps: int):
+        self.args, self.accelerator, self.max_steps = args, accelerator, max_steps
+        self.records: list[dict] = []
+        self._sums, self._steps = None, 0
+
+    def add(self, step: int, outputs, learning_rate: float, progress) -> None:
+        terms = {"loss": outputs.loss.detach(), **(outputs.loss_terms or {})}
+        values = torch.stack([value.float() for value in terms.values()])
+        self._sums = values if self._sums is None else self._sums + values
+        self._steps += 1
+        if step % self.args.logging_steps and step < self.max_steps:
+            return
+        record = {"step": step, "lr": learning_rate, **dict(zip(terms, (self._sums / self._steps).tolist()))}
+        self._sums, self._steps = None, 0
+        self.records.append(record)
+        progress.set_postfix(loss=f"{record['loss']:.3f}")
+        if self.args.report_to != "none":
+            self.accelerator.log(record, step=step)
+
+
+@dataclass
+class Trainer:
+    """What one epoch needs: the prepared model, optimizers, scheduler and loader, the
+    collator (its ``epoch`` seeds the augmentations), the step counter, the schedule, the
+    loss log, the progress bar and the rows seen."""
+
+    model: Any
+    optimizer: Any
+    critic_optimizer: Any
+    scheduler: Any
+    train_loader: Any
+    collator: ImageTextCollator
+    state: Any
+    schedule: Schedule
+    loss_log: LossLog
+    progress: Any
+    seen_rows: list
+
+
+def train_one_epoch(args: TrainingArguments, accelerator: Accelerator, trainer: Trainer, epoch: int) -> None:
+    """Train from ``trainer.state.step`` to the end of ``epoch`` (or the last step); a resumed
+    epoch skips the batches it already trained on."""
+    state, schedule = trainer.state, trainer.schedule
+    trainer.collator.epoch = epoch
+    trainer.train_loader.set_epoch(epoch)
+    skip = (state.step - epoch * schedule.steps_per_epoch) * args.gradient_accumulation_steps
+    loader = accelerator.skip_first_batches(trainer.train_loader, skip) if skip else trainer.train_loader
+    for batch in loader:
+        trainer.seen_rows.extend(batch.pop("row_indices").tolist())
+        outputs = training_step(
+            trainer.model, {**batch, "return_loss": True}, trainer.optimizer, trainer.critic_optimizer,
+            club_critic_steps=args.club_critic_steps, scheduler=trainer.scheduler, max_grad_norm=args.max_grad_norm,
+            accelerator=accelerator,
+        )
+        if not accelerator.sync_gradients:
+            continue
+        state.step += 1
+        trainer.progress.update(1)
+        trainer.loss_log.add(state.step, outputs, trainer.scheduler.get_last_lr()[0], trainer.progress)
+        if args.checkpointing_steps and state.step % args.checkpointing_steps == 0:
+            save_checkpoint(accelerator, Path(args.output_dir), state.step, args.checkpoints_total_limit)
+        if state.step >= schedule.max_steps:
+            break
+
+
+# --------------------------------------------------------------------- evaluate and save
+def evaluate(args: TrainingArguments, model: FactorCLModel, processor, data: TrainingData) -> dict[str, float]:
+    """Retrieval on the eval split and, with a label column, the linear probes."""
+    return evaluate_image_text(
+        model, processor, data.train, data.eval, args.image_column, args.caption_column, data.label_column,
+        args.per_device_eval_batch_size, args.retrieval_match_columns,
+    )
+
+
+def club_critic_check(args: TrainingArguments, accelerator: Accelerator, model: FactorCLModel, collator, data) -> dict:
+    """``--club_critic_check_steps``: is the CLUB min-max game still tracking?
+    (docs/synthetic_benchmark.md). ``{}`` when off or not applicable."""
+    estimators = model.objective.club_estimators
+    batch = args.per_device_train_batch_size
+    if not (args.club_critic_check_steps and estimators and data.eval is not None):
+        return {}
+    if accelerator.num_processes > 1:
+        # The model's forward gathers features across processes: one process alone would hang.
+        log.warning("--club_critic_check_steps runs in single-process training only; skipped")
+        return {}
+    if len(data.eval) < batch:
+        log.warning("--club_critic_check_steps: the eval split has fewer rows than one batch; skipped")
+        return {}
+    inputs = [critic_inputs(model, image_text_batches(model, collator, split, batch)) for split in (data.train, data.eval)]
+    return {"club_critic_check": club_critic_report(estimators, *inputs, batch, args.club_critic_check_steps, seed=args.seed)}
+
+
+def save_run(args: TrainingArguments, accelerator: Accelerator, model: FactorCLModel, processor, data: TrainingData,
+             results: dict, loss_log: LossLog) -> None:
+    """On the main process: the model with its processor and card (``OUTPUT_DIR/model``),
+    ``results.json``, ``train_log.jsonl``, and the push to the Hub if asked."""
+    output_dir = Path(args.output_dir)
+    card = training_model_card(model, args, results, data.source)
+    results["model_dir"] = str(save_pretrained_atomically(model, processor, output_dir / "model", card=card))
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
+    (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in loss_log.records))
+    if args.push_to_hub:
+        if not args.hub_model_id:
+            raise ValueError("`hub_model_id` is required with --push_to_hub")
+        log.info("Pushed to %s", push_to_hub(model, processor, args.hub_model_id, card))
+
+
+def training_model_card(model, args: TrainingArguments, results: dict, train_source):
+    """The model card saved with (and pushed with) the trained model: evaluation results in
+    the model-index, the recipe in the body."""
+    metrics = {k: v for k, v in results.items() if isinstance(v, float)}
+    records = []
+    for task, keys in (("retrieval", "retrieval_"), ("probe", "probe_acc")):
+        chosen = {k: v for k, v in metrics.items() if k.startswith(keys) or k.endswith(keys)}
+        if chosen:
+            records.append({"task": task, "data": str(train_source), "split": args.eval_split, "metrics": chosen})
+    summary = {
+        "objective": args.objective,
+        "steps": results["steps"],
+        "learning_rate": args.learning_rate,
+        "per_device_train_batch_size": args.per_device_train_batch_size,
+        "mixed_precision": args.mixed_precision,
+        "seed": args.seed,
+    }
+    return build_model_card(
+        model,
+        records,
+        base_model=args.clip_model,
+        datasets=[str(args.train_data)] if args.train_data and not Path(str(args.train_data)).exists() else None,
+        training_summary=summary,
+        repo_id=args.hub_model_id,
+    )
+
+
+def save_seen_rows(args: TrainingArguments, accelerator: Accelerator, seen_rows: list[int]) -> None:
+    """``--save_seen_rows``: the row indices this process trained on (debugging)."""
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / f"seen_rows.rank{accelerator.process_index}.json").write_text(json.dumps(seen_rows))
+
+
+def tracker_config(args: TrainingArguments) -> dict:
+    """The scalar options, for the trackers' run config."""
+    return {k: v for k, v in asdict(args).items() if isinstance(v, (int, float, str, bool))}
