@@ -113,6 +113,20 @@ def _eval_results(records: list[Mapping[str, Any]]):
     return results, rows
 
 
+def _embedding_sizes(config) -> dict[str, int]:
+    """The sizes of the embeddings the card's table lists: Z_S is two heads wide and Z_U
+    three for factorized objectives (objectives.FactorCLObjective), one head and none otherwise."""
+    head_dim, factorized = config.head_dim, config.objective_spec.factorized
+    shared_dim, unique_dim = (2 * head_dim, 3 * head_dim) if factorized else (head_dim, 0)
+    return {
+        "pooler_dim": head_dim,
+        "shared_dim": shared_dim,
+        "unique_dim": unique_dim,
+        "factorized_dim": shared_dim + unique_dim,
+        "backbone_dim": config.backbone_embed_dim,
+    }
+
+
 def build_model_card(
     model_or_config,
     eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
@@ -159,11 +173,6 @@ def build_model_card(
     spec = objective_spec(objective)
     model_name = model_name or (repo_id.split("/")[-1] if repo_id else f"clip-{objective.replace('_', '-')}")
     results, rows = _eval_results(_records(eval_results))
-    factorized = spec.factorized
-    head_dim = config.head_dim
-    shared_dim = 2 * head_dim if factorized else head_dim
-    unique_dim = 3 * head_dim if factorized else 0
-
     card_data = ModelCardData(
         model_name=model_name,
         library_name="transformers",
@@ -182,12 +191,8 @@ def build_model_card(
         objective=objective,
         objective_title=spec.title,
         objective_description=spec.description,
-        factorized=factorized,
-        pooler_dim=head_dim,
-        shared_dim=shared_dim,
-        unique_dim=unique_dim,
-        factorized_dim=shared_dim + unique_dim,
-        backbone_dim=config.backbone_embed_dim,
+        factorized=spec.factorized,
+        **_embedding_sizes(config),
         base_model=base_model,
         datasets=datasets,
         training_items=list(training_summary.items()) if isinstance(training_summary, Mapping) else [],

@@ -4,7 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from factorcl_hf import FactorCLConfig
 from factorcl_hf.configuration_factorcl import OBJECTIVE_REGISTRY
+from factorcl_hf.hub import _embedding_sizes
 from factorcl_hf.objectives import OBJECTIVES, build_objective, supervised_contrastive_loss, train_club_critics
 
 B, D1, D2, L = 8, 12, 10, 3
@@ -246,7 +248,8 @@ def test_the_registry_declares_what_each_objective_does(name):
             obj(**{**batch, key: None})
     representation = obj.represent(batch["features_1"], 0)
     assert (representation.unique is not None) == spec.factorized
-    # The model card's sizes: Z_S is two heads wide and Z_U three when factorized, one head otherwise.
-    head = SMALL["head_dim"]
-    assert representation.shared.shape[1] == (2 if spec.factorized else 1) * head
-    assert representation.factorized.shape[1] == (5 if spec.factorized else 1) * head
+    # The sizes the model card lists.
+    sizes = _embedding_sizes(FactorCLConfig(objective=name, head_dim=SMALL["head_dim"], num_labels=L))
+    assert sizes["shared_dim"] == representation.shared.shape[1]
+    assert sizes["unique_dim"] == (0 if representation.unique is None else representation.unique.shape[1])
+    assert sizes["factorized_dim"] == representation.factorized.shape[1]
