@@ -171,17 +171,14 @@ class FactorCLConfig(PreTrainedConfig):
         return self.clip_config.projection_dim
 
     @property
-    def objective_spec(self) -> ObjectiveSpec:
-        """The objective's entry in :data:`OBJECTIVE_REGISTRY`."""
-        return objective_spec(self.objective)
-
-    @property
     def is_supervised(self) -> bool:
-        return self.objective_spec.supervised
+        """The objective needs labels (:data:`OBJECTIVE_REGISTRY`)."""
+        return objective_spec(self.objective).supervised
 
     @property
     def uses_augmented_views(self) -> bool:
-        return self.objective_spec.augmented_views
+        """The objective needs an augmented view of every pair (:data:`OBJECTIVE_REGISTRY`)."""
+        return objective_spec(self.objective).augmented_views
 
 
 __all__ = ["FactorCLConfig", "ObjectiveSpec", "OBJECTIVE_REGISTRY", "OBJECTIVES", "objective_spec"]

@@ -100,12 +100,8 @@ class VectorFactorCL(nn.Module):
         return self.encoders[modality](inputs)
 
     def forward(
-        self,
-        x1: torch.Tensor,
-        x2: torch.Tensor,
-        labels: torch.Tensor | None = None,
-        augmented_1: torch.Tensor | None = None,
-        augmented_2: torch.Tensor | None = None,
+        self, x1: torch.Tensor, x2: torch.Tensor, labels: torch.Tensor | None = None,
+        augmented_1: torch.Tensor | None = None, augmented_2: torch.Tensor | None = None,
         compute_critic_loss: bool = True,
     ) -> ObjectiveOutput:
         """Encode both modalities (and their augmented views, if given) and apply the objective."""

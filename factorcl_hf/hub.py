@@ -116,7 +116,7 @@ def _eval_results(records: list[Mapping[str, Any]]):
 def _embedding_sizes(config) -> dict[str, int]:
     """The sizes of the embeddings the card's table lists: Z_S is two heads wide and Z_U
     three for factorized objectives (objectives.FactorCLObjective), one head and none otherwise."""
-    head_dim, factorized = config.head_dim, config.objective_spec.factorized
+    head_dim, factorized = config.head_dim, objective_spec(config.objective).factorized
     shared_dim, unique_dim = (2 * head_dim, 3 * head_dim) if factorized else (head_dim, 0)
     return {
         "pooler_dim": head_dim,

@@ -148,70 +148,35 @@ def special_token_ids(tokenizer) -> dict[str, int]:
 
 
 def _clip_config(
-    *,
-    vocab_size: int,
-    bos_token_id: int,
-    eos_token_id: int,
-    pad_token_id: int,
-    image_size: int,
-    patch_size: int,
-    projection_dim: int,
-    text_hidden_size: int,
-    text_num_layers: int,
-    text_num_heads: int,
-    vision_hidden_size: int,
-    vision_num_layers: int,
-    vision_num_heads: int,
-    max_position_embeddings: int,
+    vocab_size: int, token_ids: dict[str, int], *, image_size: int, patch_size: int, projection_dim: int,
+    max_position_embeddings: int, text: tuple[int, int, int], vision: tuple[int, int, int],
 ):
+    """A ``CLIPConfig``; ``text`` and ``vision`` are each tower's (width, layers, heads)."""
     from transformers import CLIPConfig
 
-    for name, value in (("bos_token_id", bos_token_id), ("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id)):
+    for name, value in token_ids.items():
         if not isinstance(value, int) or not 0 <= value < vocab_size:
             raise ValueError(f"`{name}` must be an int in [0, vocab_size={vocab_size}), got {value!r}")
-    if eos_token_id == 2:
+    if token_ids["eos_token_id"] == 2:
         # CLIPTextTransformer treats eos id 2 as a legacy checkpoint and pools at the highest id
         # of each sequence instead of at the eos token.
         raise ValueError("`eos_token_id` must not be 2: CLIP reads that as the legacy argmax pooling")
     if image_size % patch_size:
         raise ValueError(f"`image_size` ({image_size}) must be a multiple of `patch_size` ({patch_size})")
 
-    text_config = dict(
-        vocab_size=vocab_size,
-        hidden_size=text_hidden_size,
-        intermediate_size=4 * text_hidden_size,
-        projection_dim=projection_dim,
-        num_hidden_layers=text_num_layers,
-        num_attention_heads=text_num_heads,
-        max_position_embeddings=max_position_embeddings,
-        bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-    )
-    vision_config = dict(
-        hidden_size=vision_hidden_size,
-        intermediate_size=4 * vision_hidden_size,
-        projection_dim=projection_dim,
-        num_hidden_layers=vision_num_layers,
-        num_attention_heads=vision_num_heads,
-        image_size=image_size,
-        patch_size=patch_size,
-    )
+    def tower(sizes: tuple[int, int, int], **specific) -> dict:
+        width, layers, heads = sizes
+        return dict(hidden_size=width, intermediate_size=4 * width, projection_dim=projection_dim,
+                    num_hidden_layers=layers, num_attention_heads=heads, **specific)
+
+    text_config = tower(text, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings, **token_ids)
+    vision_config = tower(vision, image_size=image_size, patch_size=patch_size)
     return CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim)
 
 
 def tiny_clip_config(
-    vocab_size: int,
-    *,
-    bos_token_id: int,
-    eos_token_id: int,
-    pad_token_id: int,
-    image_size: int = 32,
-    patch_size: int = 8,
-    hidden_size: int = 32,
-    projection_dim: int = 32,
-    num_layers: int = 2,
-    num_heads: int = 2,
+    vocab_size: int, *, bos_token_id: int, eos_token_id: int, pad_token_id: int, image_size: int = 32,
+    patch_size: int = 8, hidden_size: int = 32, projection_dim: int = 32, num_layers: int = 2, num_heads: int = 2,
     max_position_embeddings: int = 32,
 ):
     """A ``CLIPConfig`` small enough to train in seconds on a CPU (both towers share the sizes).
@@ -219,30 +184,14 @@ def tiny_clip_config(
     The token ids are required because CLIP pools the text at ``eos_token_id``: pass
     ``vocab_size=len(tokenizer), **special_token_ids(tokenizer)``.
     """
-    return _clip_config(
-        vocab_size=vocab_size,
-        bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=projection_dim,
-        text_hidden_size=hidden_size,
-        text_num_layers=num_layers,
-        text_num_heads=num_heads,
-        vision_hidden_size=hidden_size,
-        vision_num_layers=num_layers,
-        vision_num_heads=num_heads,
-        max_position_embeddings=max_position_embeddings,
-    )
+    token_ids = dict(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    sizes = (hidden_size, num_layers, num_heads)
+    return _clip_config(vocab_size, token_ids, image_size=image_size, patch_size=patch_size, projection_dim=projection_dim,
+                        max_position_embeddings=max_position_embeddings, text=sizes, vision=sizes)
 
 
 def vit_b32_clip_config(
-    vocab_size: int = 49408,
-    *,
-    bos_token_id: int = 49406,
-    eos_token_id: int = 49407,
-    pad_token_id: int = 49407,
+    vocab_size: int = 49408, *, bos_token_id: int = 49406, eos_token_id: int = 49407, pad_token_id: int = 49407,
 ):
     """The architecture of OpenAI CLIP ViT-B/32, for random-init benchmarks (never downloaded).
 
@@ -251,22 +200,9 @@ def vit_b32_clip_config(
     OpenAI's 49,408-token vocabulary; with a caption tokenizer pass
     ``vocab_size=len(tokenizer), **special_token_ids(tokenizer)``.
     """
-    return _clip_config(
-        vocab_size=vocab_size,
-        bos_token_id=bos_token_id,
-        eos_token_id=eos_token_id,
-        pad_token_id=pad_token_id,
-        image_size=224,
-        patch_size=32,
-        projection_dim=512,
-        text_hidden_size=512,
-        text_num_layers=12,
-        text_num_heads=8,
-        vision_hidden_size=768,
-        vision_num_layers=12,
-        vision_num_heads=12,
-        max_position_embeddings=77,
-    )
+    token_ids = dict(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    return _clip_config(vocab_size, token_ids, image_size=224, patch_size=32, projection_dim=512,
+                        max_position_embeddings=77, text=(512, 12, 8), vision=(768, 12, 12))
 
 
 def tiny_clip_processor(tokenizer, image_size: int = 32):

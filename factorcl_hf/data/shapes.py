@@ -320,12 +320,8 @@ def shapes_features(num_labels: int = DEFAULT_NUM_LABELS):
 
 
 def build_shapes_dataset(
-    num_samples: int = 2000,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    image_size: int = 64,
-    unique_share: float = DEFAULT_UNIQUE_SHARE,
-    num_labels: int = DEFAULT_NUM_LABELS,
+    num_samples: int = 2000, test_fraction: float = 0.2, seed: int = 0, image_size: int = 64,
+    unique_share: float = DEFAULT_UNIQUE_SHARE, num_labels: int = DEFAULT_NUM_LABELS,
 ):
     """In-memory ``datasets.DatasetDict`` with ``train`` and ``test`` splits.
 
@@ -347,13 +343,8 @@ def build_shapes_dataset(
 
 
 def write_shapes_imagefolder(
-    out_dir: str | os.PathLike,
-    num_samples: int = 2000,
-    test_fraction: float = 0.2,
-    seed: int = 0,
-    image_size: int = 64,
-    unique_share: float = DEFAULT_UNIQUE_SHARE,
-    num_labels: int = DEFAULT_NUM_LABELS,
+    out_dir: str | os.PathLike, num_samples: int = 2000, test_fraction: float = 0.2, seed: int = 0,
+    image_size: int = 64, unique_share: float = DEFAULT_UNIQUE_SHARE, num_labels: int = DEFAULT_NUM_LABELS,
 ) -> Path:
     """Write the dataset as an imagefolder (``train/`` and ``test/``, PNGs + ``metadata.jsonl``).
 

@@ -301,14 +301,8 @@ def make_synthetic(
     arguments.
     """
     config = SyntheticConfig(
-        num_samples=num_samples,
-        unique_share=unique_share,
-        seed=seed,
-        test_fraction=test_fraction,
-        shared_dim=shared_dim,
-        unique_dims=unique_dims,
-        modality_dim=modality_dim,
-        num_labels=num_labels,
+        num_samples=num_samples, unique_share=unique_share, seed=seed, test_fraction=test_fraction,
+        shared_dim=shared_dim, unique_dims=unique_dims, modality_dim=modality_dim, num_labels=num_labels,
         label_noise=label_noise,
     )
     # Independent streams: changing num_samples does not change the maps or label rule.

@@ -84,11 +84,7 @@ def _maybe_standardized(model, standardize: bool):
 
 
 def linear_probe_accuracy(
-    train_features: Any,
-    train_labels: Any,
-    test_features: Any,
-    test_labels: Any,
-    max_iter: int = 200,
+    train_features: Any, train_labels: Any, test_features: Any, test_labels: Any, max_iter: int = 200,
     standardize: bool = True,
 ) -> float:
     """Test accuracy in [0, 1] of a logistic-regression probe fitted on frozen train embeddings.
@@ -120,11 +116,7 @@ def linear_probe_accuracy(
 
 
 def latent_decoding_r2(
-    train_features: Any,
-    train_targets: Any,
-    test_features: Any,
-    test_targets: Any,
-    alpha: float = 1.0,
+    train_features: Any, train_targets: Any, test_features: Any, test_targets: Any, alpha: float = 1.0,
     standardize: bool = True,
 ) -> float:
     """Test R² of a ridge regression from frozen embeddings to continuous targets (e.g. latents).
