@@ -1,8 +1,3 @@
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import numpy as np
 import pytest
 import torch

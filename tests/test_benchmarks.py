@@ -47,6 +47,7 @@ def test_objective_step_smoke_and_memory_factory():
 
 
 # --------------------------------------------------------------------------- train_step
+@pytest.mark.slow
 def test_train_step_smoke_checks_every_variant_against_its_reference():
     rows = train_step.main(["--smoke", "--threads", "1"])
     assert {r["variant"] for r in rows} == set(train_step.VARIANTS)
@@ -99,6 +100,7 @@ def test_max_batch_probe_counts_only_allocation_failures_as_not_fitting(monkeypa
         max_batch.probe("ours", 64, 2**20, "cpu", objective="factorcl_sup")
 
 
+@pytest.mark.slow
 def test_max_batch_smoke():
     """One real probe subprocess (most of its time is importing the package)."""
     summary = max_batch.main(["--smoke", "--variants", "ours", "--threads", "1"])

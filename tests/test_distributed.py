@@ -61,6 +61,7 @@ def two_process_results(tmp_path_factory):
     return torch.load(tmp / "result.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_two_process_gradients_equal_global_batch(name, two_process_results):
     got = two_process_results[name]

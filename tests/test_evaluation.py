@@ -1,14 +1,9 @@
 import base64
 import io
 import json
-import os
+import math
 import runpy
 from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import math
 
 import numpy as np
 import pytest

@@ -19,15 +19,6 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models are dominated by per-op overhead; extra threads only add contention.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_settings(**overrides):
     return bench.BenchmarkSettings(**{**TINY, **overrides})
 
@@ -227,6 +218,7 @@ def test_per_epoch_critic_checks_do_not_change_training():
     assert plain.history.epochs == checked.history.epochs
 
 
+@pytest.mark.slow
 def test_club_critic_game_writes_json_and_plot(tmp_path, capsys):
     records = club_critic_game.main([
         "--out", str(tmp_path), "--num-samples", "120", "--epochs", "2", "--batch-size", "16", "--refit-steps", "3",
@@ -245,6 +237,7 @@ def test_club_critic_check_is_empty_without_club_terms():
     assert bench.club_critic_check(model, splits.train, splits.test, tiny_settings()) == {}
 
 
+@pytest.mark.slow
 def test_cli_micro_run_writes_results(tmp_path, capsys):
     argv = [
         "--out", str(tmp_path), "--quick", "--num-samples", "60", "--epochs", "1", "--batch-size", "12",

@@ -4,9 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import numpy as np
 import pytest
 import torch
@@ -124,6 +121,7 @@ torch.save({"image": image.factorized_embeds, "text": text.factorized_embeds, "p
 """
 
 
+@pytest.mark.slow
 def test_saved_folder_loads_with_trust_remote_code_where_the_package_is_absent(tmp_path, model_and_processor, inputs):
     model, processor = model_and_processor
     folder = save_for_hub(tmp_path / "model", model, processor, card_for(model))
@@ -194,6 +192,7 @@ def test_push_uploads_model_processor_and_card(monkeypatch, model_and_processor)
     assert auto_map["AutoModel"] == auto_map["AutoModelForZeroShotImageClassification"] == "modeling_factorcl.FactorCLModel"
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_card_template(tmp_path):
     """A wheel install has no top-level model_cards/: the template travels inside the package."""
     repo = Path(__file__).resolve().parents[1]

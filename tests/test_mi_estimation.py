@@ -10,9 +10,6 @@ import torch
 
 from benchmarks import critic_speed
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

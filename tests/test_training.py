@@ -152,6 +152,7 @@ def test_objectives_train_evaluate_save_and_reload(data_dir, tmp_path, objective
     assert any(value == pytest.approx(results["probe_acc"]) for value in reported.values())
 
 
+@pytest.mark.slow
 def test_two_processes_see_different_data(data_dir, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
