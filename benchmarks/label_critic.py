@@ -9,7 +9,7 @@ scores of the two forms are checked equal before timing.
 
 Run::
 
-    python -m benchmarks.label_critic --threads 1            # B in {64, 256}, 2 labels, ~1 min
+    python -m benchmarks.label_critic --threads 1            # B in {64, 256}, 2 labels
     python -m benchmarks.label_critic --num-labels 10 --batch-sizes 128
     python -m benchmarks.label_critic --smoke                # seconds: a tiny check of the pipeline
 """

@@ -14,7 +14,7 @@ probe counts as not fitting.
 
 Run::
 
-    python -m benchmarks.max_batch --threads 1                      # 4 GiB, FactorCL-SUP, B <= 1024 (~5 min)
+    python -m benchmarks.max_batch --threads 1                      # 4 GiB, FactorCL-SUP, B <= 1024
     python -m benchmarks.max_batch --budget-gib 24 --min-batch 1024 --max-batch 1024 --variants ours
     python -m benchmarks.max_batch --smoke
 """

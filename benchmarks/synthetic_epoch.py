@@ -20,12 +20,9 @@ Before timing, each variant's loss on the first batch is checked against an inde
 computation on the same encoder features (``objective_step.py``'s tiled reference for
 FactorCL, ``F.cross_entropy`` over scaled cosine logits for SimCLR).
 
-The reference code measured 138 s per FactorCL-SUP epoch against 0.8 s for SimCLR on this
-machine (≈170×).
-
 Run::
 
-    python -m benchmarks.synthetic_epoch --threads 1         # ~3 min
+    python -m benchmarks.synthetic_epoch --threads 1
     python -m benchmarks.synthetic_epoch --smoke
 """
 

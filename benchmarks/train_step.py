@@ -25,13 +25,13 @@ cosine logits (their loss is the CLIP loss minus log B).
 
 Configs: ``vit-b32`` (OpenAI CLIP ViT-B/32 architecture, random init, 224 px, 32 tokens; the
 paper's sizes: heads 512 → 128, critics hidden 512, cosine alignment critic) and
-``tiny`` (the embedded demo's CLIP and heads). A ViT-B/32 step on B=32 takes about a minute
-on one CPU thread, so the default run uses B=8 for it; B=32 is the long run below (~7 min).
+``tiny`` (the embedded demo's CLIP and heads). A ViT-B/32 step is slow on a CPU, so the
+default run uses B=8 for it; B=32 is the long run below (run times: benchmarks/README.md).
 
 Run::
 
-    python -m benchmarks.train_step --threads 1                        # tiny B=32 and vit-b32 B=8 (~2 min)
-    python -m benchmarks.train_step --threads 1 --configs vit-b32 --batch-size 32 --repeats 2   # ~7 min
+    python -m benchmarks.train_step --threads 1                        # tiny B=32 and vit-b32 B=8
+    python -m benchmarks.train_step --threads 1 --configs vit-b32 --batch-size 32 --repeats 2
     python -m benchmarks.train_step --smoke
     python -m benchmarks.train_step --device cuda --autocast bfloat16 --configs vit-b32 --batch-size 32
 """

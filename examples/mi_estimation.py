@@ -21,9 +21,8 @@ Run::
 
 writes ``runs/mi/mi_estimates.json`` (one object per target MI: ``true_mi``, ``infonce``,
 ``nce_club``, ``log_batch``; estimates averaged over the last quarter of steps) and
-``runs/mi/mi_estimates.png``. The defaults (d = 20, 800 steps, batch 64, hidden 512, five
-targets, one torch thread) use about 105 s of CPU time; measured wall time on a shared 2-core
-machine at load average ~6: 2 min 34 s.
+``runs/mi/mi_estimates.png``. Defaults: d = 20, 800 steps, batch 64, hidden 512, five
+targets, one torch thread (results and run time: README, "Gaussian MI check").
 """
 
 from __future__ import annotations

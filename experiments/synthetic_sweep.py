@@ -28,12 +28,9 @@ tables. ``--critic-check`` adds, for every FactorCL/OurCL model, the InfoNCE its
 critics still find in their heads against a critic refitted on the frozen features (is the
 min-max game tracking? see ``docs/synthetic_benchmark.md``); ``--club-critic-lr`` and
 ``--club-critic-steps`` change that game (paper: the encoders' lr, one step).
-``--quick`` (4,000 samples, batch 64, 5 epochs; FactorCL-SUP/-SSL, SimCLR, SupCon; seeds
-0 1 2; shares 0, 0.5, 1) took 4 min 53 s on 2 CPU cores.
-Without it the reference settings apply (30,000 samples, batch 256, 10 epochs, all seven
-methods): one FactorCL/OurCL training takes about 8.5 minutes on one CPU core (~0.55 s per
-step, 930 steps), so the full sweep — 24 such trainings after label-free reuse, plus the
-cheap baselines and the probes — takes about 3.5-4 hours on CPU.
+``--quick`` runs 4,000 samples, batch 64, 5 epochs (FactorCL-SUP/-SSL, SimCLR, SupCon; seeds
+0 1 2; shares 0, 0.5, 1); without it the reference settings apply (30,000 samples, batch 256,
+10 epochs, all seven methods). Results and run times: ``docs/synthetic_benchmark.md``.
 """
 
 from __future__ import annotations
@@ -331,7 +328,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--critic-check", action="store_true",
-        help="after training, compare each CLUB critic with one refitted on the frozen features (~7 s a model)",
+        help="after training, compare each CLUB critic with one refitted on the frozen features",
     )
     parser.add_argument("--critic-check-steps", type=int, default=600, help="Adam steps of the refitted critics")
     parser.add_argument(

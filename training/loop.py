@@ -188,7 +188,8 @@ def build_optimizers(args: TrainingArguments, model: FactorCLModel, accelerator:
     """AdamW for the backbone, heads and InfoNCE critics with its learning-rate schedule, and
     Adam for the CLUB critics (``None`` without CLUB terms): ``(optimizer, critic_optimizer,
     scheduler, schedule)``."""
-    # Fused (single-kernel) Adam where torch has it: 5x faster optimizer steps on CPU.
+    # Fused (single-kernel) Adam where torch has it: much faster optimizer steps on CPU
+    # (benchmarks/RESULTS.md, "Training loop on the embedded demo").
     fused = {"fused": True} if accelerator.device.type in ("cpu", "cuda") else {}
     optimizer = torch.optim.AdamW(model.main_parameters(), lr=args.learning_rate, weight_decay=args.weight_decay, **fused)
     critic_params = model.club_critic_parameters()
