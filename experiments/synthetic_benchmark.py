@@ -280,13 +280,8 @@ def _split_batches(model: VectorFactorCL, split: SyntheticSplit, settings: Bench
 
 
 def club_critic_check(
-    model: VectorFactorCL,
-    train: SyntheticSplit,
-    test: SyntheticSplit,
-    settings: BenchmarkSettings,
-    refit_steps: int = 600,
-    refit_lr: float = 1e-3,
-    seed: int = 0,
+    model: VectorFactorCL, train: SyntheticSplit, test: SyntheticSplit, settings: BenchmarkSettings,
+    refit_steps: int = 600, refit_lr: float = 1e-3, seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """:func:`~factorcl_hf.evaluation.club_check.club_critic_report` of a trained model:
     for each CLUB term, the InfoNCE (nats, test split, batches of ``settings.batch_size``) of
@@ -351,12 +346,8 @@ def fit_method(
 
 
 def run_method(
-    splits: SyntheticSplits,
-    method: str,
-    settings: BenchmarkSettings | None = None,
-    seed: int = 0,
-    on_step: Callable[[dict[str, float]], None] | None = None,
-    fitted: FittedMethod | None = None,
+    splits: SyntheticSplits, method: str, settings: BenchmarkSettings | None = None, seed: int = 0,
+    on_step: Callable[[dict[str, float]], None] | None = None, fitted: FittedMethod | None = None,
 ) -> dict:
     """Train ``method`` on ``splits.train`` (or take ``fitted``, if it is reusable for
     ``splits``) and evaluate it on ``splits``.

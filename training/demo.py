@@ -37,8 +37,8 @@ def main(argv=None) -> dict:
     from factorcl_hf.data.shapes import save_sample_grid, shapes_label_accuracy_ceilings, write_shapes_imagefolder
     from factorcl_hf.evaluation.image_text import encode_image_text
 
-    from training.train import load_config_file
-    from training.train import parse_args as parse_train_args
+    from training.arguments import load_config_file
+    from training.arguments import parse_args as parse_train_args
     from training.train import train
 
     out = Path(args.output_dir)
