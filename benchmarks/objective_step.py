@@ -77,6 +77,7 @@ def build_case(
         critic_num_hidden_layers=critic_num_hidden_layers,
         alignment_critic_type="concat",
         critic_chunk_size=critic_chunk_size,
+        estimators="paper",  # the maths the reference design computes
     ).to(device)
     inputs = {
         "features_1": torch.randn(batch_size, feature_dim, device=device),

@@ -50,12 +50,15 @@ MAX_RELATIVE_DIFF = 1e-5
 
 
 def reference_settings(smoke: bool = False) -> BenchmarkSettings:
-    """FACTORCL.md's synthetic settings with batch 128 and one epoch (``smoke``: tiny widths)."""
+    """FACTORCL.md's synthetic settings with batch 128 and one epoch (``smoke``: tiny widths),
+    with the paper's estimators and concat alignment critic: the maths of the naive reference."""
+    paper = dict(estimators="paper", alignment_critic_type="concat")
     if smoke:
         return BenchmarkSettings(
-            epochs=1, batch_size=16, encoder_hidden_dim=16, embed_dim=8, head_dim=8, head_hidden_dim=16, critic_hidden_dim=16
+            epochs=1, batch_size=16, encoder_hidden_dim=16, embed_dim=8, head_dim=8, head_hidden_dim=16,
+            critic_hidden_dim=16, **paper,
         )
-    return BenchmarkSettings(epochs=1, batch_size=128)
+    return BenchmarkSettings(epochs=1, batch_size=128, **paper)
 
 
 def build_variant(name: str, input_dims: tuple[int, int], num_labels: int, settings: BenchmarkSettings, seed: int = 0):

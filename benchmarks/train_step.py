@@ -68,6 +68,7 @@ def model_config(config: str, objective: str, smoke: bool = False):
         return FactorCLConfig(
             clip_config=vit_b32_clip_config(), objective=objective, head_dim=128, head_hidden_dim=512,
             critic_hidden_dim=512, alignment_critic_type="cosine", logit_temperature=0.07,
+            estimators="paper",  # the maths of the naive reference
         )
     if config != "tiny":
         raise ValueError(f"`config` must be one of {CONFIGS}, got {config!r}")
@@ -81,6 +82,7 @@ def model_config(config: str, objective: str, smoke: bool = False):
     return FactorCLConfig(
         clip_config=clip, objective=objective, head_dim=width, head_hidden_dim=hidden,
         critic_hidden_dim=hidden, alignment_critic_type="cosine", logit_temperature=0.1,
+        estimators="paper",  # the maths of the naive reference
     )
 
 

@@ -27,6 +27,7 @@ import os
 import torch
 
 from experiments.synthetic_benchmark import BenchmarkSettings, club_critic_check, fit_method
+from factorcl_hf.configuration_factorcl import DEFAULT_ESTIMATORS, ESTIMATOR_PRESETS
 from factorcl_hf.data.synthetic import make_synthetic
 
 FACTORCL_METHODS = ("factorcl_sup", "factorcl_ssl", "ourcl_sup", "ourcl_ssl")
@@ -79,8 +80,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--club-critic-lr", type=float, default=1e-4, help="paper: the encoders' lr, 1e-4")
-    parser.add_argument("--club-critic-steps", type=int, default=1, help="paper: 1")
+    parser.add_argument("--estimators", choices=tuple(ESTIMATOR_PRESETS), default=DEFAULT_ESTIMATORS)
+    parser.add_argument("--alignment-critic-type", choices=("concat", "cosine"), default="cosine", help="paper: concat")
+    parser.add_argument("--club-critic-lr", type=float, default=None, help="default: the estimators'")
+    parser.add_argument("--club-critic-steps", type=int, default=None, help="default: the estimators'")
     parser.add_argument("--refit-steps", type=int, default=600, help="Adam steps of each refitted critic")
     parser.add_argument("--num-threads", type=int, default=1, help="torch threads (0 keeps torch's default)")
     args = parser.parse_args(argv)
@@ -96,6 +99,8 @@ def main(argv=None) -> list[dict]:
     settings = BenchmarkSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,
+        estimators=args.estimators,
+        alignment_critic_type=args.alignment_critic_type,
         club_critic_lr=args.club_critic_lr,
         club_critic_steps=args.club_critic_steps,
     )
@@ -106,8 +111,7 @@ def main(argv=None) -> list[dict]:
     with open(os.path.join(args.out, "club_critic_game.json"), "w") as f:
         json.dump({"settings": settings.to_dict(), "method": args.method, "unique_share": args.unique_share,
                    "seed": args.seed, "epochs": records}, f, indent=2)
-    title = (f"{args.method}, u={args.unique_share:g}, seed {args.seed}: CLUB critics lr {args.club_critic_lr:g}, "
-             f"{args.club_critic_steps} step(s) per batch")
+    title = f"{args.method}, u={args.unique_share:g}, seed {args.seed}: estimators {args.estimators}"
     plot_game(records, os.path.join(args.out, "club_critic_game.png"), title)
 
     terms = list(records[0]["check"])

@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from factorcl_hf.augmentations import FeatureAugmentation
+from factorcl_hf.configuration_factorcl import estimator_preset
 from factorcl_hf.data.synthetic import LATENT_NAMES, SyntheticSplit, SyntheticSplits
 from factorcl_hf.encoders import VectorFactorCL
 from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs
 from factorcl_hf.evaluation.probe import latent_decoding_r2, linear_probe_accuracy
 from factorcl_hf.objectives import OBJECTIVES
-from factorcl_hf.training_step import training_step
+from factorcl_hf.training_step import parameter_groups, training_step
 
 __all__ = [
     "METHODS",
@@ -65,9 +66,14 @@ class BenchmarkSettings:
         batch_size: samples per step (incomplete last batches are dropped: contrastive
             bounds need at least two samples and a steady number of negatives).
         lr: Adam learning rate of encoders, heads and InfoNCE critics.
+        estimators: FactorCL's estimator preset (``ESTIMATOR_PRESETS``: ``tracked``, ``paper``;
+            ``None``: each objective's default); it sets the three CLUB-game settings below
+            when they are ``None`` (a run of several methods takes the FactorCL preset's).
         club_critic_lr: Adam learning rate of the CLUB critics (their own optimizer).
         club_critic_steps: CLUB-critic updates per batch (the first runs with the main step,
             the others on the same batch's detached features).
+        club_head_lr_scale: learning rate of the heads only the CLUB terms train, over ``lr``.
+        objective_options: further :class:`FactorCLObjective` options (e.g. ``conditioning``).
         encoder_hidden_dim, embed_dim, encoder_layers: the MLP encoders (``embed_dim`` is the
             backbone readout size).
         head_dim, head_hidden_dim: the objective's projection heads.
@@ -83,23 +89,26 @@ class BenchmarkSettings:
     epochs: int = 10
     batch_size: int = 256
     lr: float = 1e-4
-    club_critic_lr: float = 1e-4
-    club_critic_steps: int = 1
+    estimators: str | None = None
+    club_critic_lr: float | None = None
+    club_critic_steps: int | None = None
+    club_head_lr_scale: float | None = None
     encoder_hidden_dim: int = 512
     embed_dim: int = 128
     encoder_layers: int = 2
     head_dim: int = 128
     head_hidden_dim: int = 512
     critic_type: str = "concat"
-    alignment_critic_type: str = "concat"
+    alignment_critic_type: str = "cosine"
     critic_hidden_dim: int = 512
     temperature: float | None = None
     noise_std: float = 0.1
     drop_p: float = 0.15
     probe_max_iter: int = 200
+    objective_options: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "club_critic_steps", "encoder_hidden_dim", "embed_dim",
+        for name in ("epochs", "batch_size", "encoder_hidden_dim", "embed_dim",
                      "head_dim", "head_hidden_dim", "critic_hidden_dim", "probe_max_iter"):
             value = getattr(self, name)
             minimum = 2 if name == "batch_size" else 1
@@ -107,11 +116,18 @@ class BenchmarkSettings:
                 raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
         if isinstance(self.encoder_layers, bool) or not isinstance(self.encoder_layers, int) or self.encoder_layers < 0:
             raise ValueError(f"`encoder_layers` must be an integer >= 0, got {self.encoder_layers!r}")
-        for name in ("lr", "club_critic_lr"):
-            if not getattr(self, name) > 0:
+        if self.club_critic_steps is not None and self.club_critic_steps < 1:
+            raise ValueError(f"`club_critic_steps` must be None or an integer >= 1, got {self.club_critic_steps!r}")
+        for name in ("lr", "club_critic_lr", "club_head_lr_scale"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)!r}")
         if self.temperature is not None and not self.temperature > 0:
             raise ValueError(f"`temperature` must be None or > 0, got {self.temperature!r}")
+
+    def club_game(self, model: VectorFactorCL) -> dict:
+        """The CLUB game's settings for ``model``: those given, else its estimator preset's."""
+        preset = estimator_preset(getattr(model.objective, "estimators", "paper"))
+        return preset.club_game(self.lr, self.club_critic_lr, self.club_critic_steps, self.club_head_lr_scale)
 
     def temperature_for(self, method: str) -> float:
         return self.temperature if self.temperature is not None else DEFAULT_TEMPERATURES.get(method, DEFAULT_TEMPERATURE)
@@ -143,6 +159,7 @@ def build_model(
         alignment_critic_type=settings.alignment_critic_type,
         temperature=settings.temperature_for(method),
     )
+    options.update(estimators=settings.estimators, **settings.objective_options)  # baselines ignore them
     return VectorFactorCL(input_dims, method, **{**options, **overrides})
 
 
@@ -191,9 +208,10 @@ def train_model(
         )
     generator = torch.Generator().manual_seed(seed)
     augment = FeatureAugmentation(noise_std=settings.noise_std, drop_p=settings.drop_p) if model.requires_augmented else None
-    main_optimizer = torch.optim.Adam(model.main_parameters(), lr=settings.lr)
+    game = settings.club_game(model)
+    main_optimizer = torch.optim.Adam(parameter_groups(model, settings.lr, game["club_head_lr_scale"]), lr=settings.lr)
     club_parameters = model.club_critic_parameters()
-    critic_optimizer = torch.optim.Adam(club_parameters, lr=settings.club_critic_lr) if club_parameters else None
+    critic_optimizer = torch.optim.Adam(club_parameters, lr=game["critic_learning_rate"]) if club_parameters else None
 
     history = TrainingHistory()
     start, callback_seconds = time.perf_counter(), 0.0
@@ -210,7 +228,7 @@ def train_model(
                 inputs["augmented_1"], inputs["augmented_2"] = augment(x1, generator), augment(x2, generator)
             out = training_step(
                 model, {"x1": x1, "x2": x2, **inputs}, main_optimizer, critic_optimizer,
-                club_critic_steps=settings.club_critic_steps,
+                club_critic_steps=game["club_critic_steps"],
             )
 
             terms = {"loss": out.loss.item(), **{name: value.item() for name, value in out.loss_terms.items()}}

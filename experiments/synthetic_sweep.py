@@ -51,10 +51,15 @@ from experiments.synthetic_benchmark import (
     fit_method,
     run_method,
 )
+from factorcl_hf.configuration_factorcl import ESTIMATOR_PRESETS
 from factorcl_hf.data.synthetic import bayes_accuracy, make_synthetic
+from factorcl_hf.objectives import CLUB_GRADIENTS, CONDITIONINGS
 from factorcl_hf.evaluation.probe import linear_probe_accuracy
 
 REFERENCE = dict(num_samples=30000, epochs=10, batch_size=256)
+# `--preset`: BenchmarkSettings fields. "paper" is the paper's recipe (concat alignment critic,
+# the paper's estimators and CLUB game); "default" the package's defaults.
+PRESETS = {"default": {}, "paper": dict(estimators="paper", alignment_critic_type="concat")}
 QUICK = dict(num_samples=4000, epochs=5, batch_size=64)
 QUICK_METHODS = ("factorcl_sup", "factorcl_ssl", "simclr", "supcon")
 REPRESENTATIONS = ("Z_S1", "Z_U1", "Z_S2", "Z_U2")
@@ -316,16 +321,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=None, help="overrides the preset")
     parser.add_argument("--batch-size", type=int, default=None, help="overrides the preset")
     parser.add_argument(
-        "--alignment-critic-type", choices=("concat", "separable", "cosine"), default="concat",
-        help="critic of FactorCL/OurCL's shared InfoNCE term (paper: concat)",
+        "--preset", choices=tuple(PRESETS), default="default",
+        help="default: the package's defaults; paper: the paper's estimators and concat alignment critic",
     )
     parser.add_argument(
-        "--club-critic-lr", type=float, default=None,
-        help="Adam lr of the CLUB critics (default: the encoders' lr, as in the paper)",
+        "--alignment-critic-type", choices=("concat", "separable", "cosine"), default=None,
+        help="critic of FactorCL/OurCL's shared InfoNCE term (default: the preset's; paper: concat)",
     )
-    parser.add_argument(
-        "--club-critic-steps", type=int, default=1, help="CLUB-critic updates per batch (paper: 1)"
-    )
+    parser.add_argument("--estimators", choices=tuple(ESTIMATOR_PRESETS), default=None,
+                        help="FactorCL's estimator preset (default: the --preset's)")
+    parser.add_argument("--conditioning", choices=CONDITIONINGS, default=None, help="overrides the estimators'")
+    parser.add_argument("--club-gradient", choices=CLUB_GRADIENTS, default=None, help="overrides the estimators'")
+    parser.add_argument("--club-critic-lr", type=float, default=None, help="overrides the estimators'")
+    parser.add_argument("--club-critic-steps", type=int, default=None, help="overrides the estimators'")
+    parser.add_argument("--club-head-lr-scale", type=float, default=None, help="overrides the estimators'")
     parser.add_argument(
         "--critic-check", action="store_true",
         help="after training, compare each CLUB critic with one refitted on the frozen features",
@@ -347,13 +356,14 @@ def main(argv=None) -> list[dict]:
     preset = QUICK if args.quick else REFERENCE
     methods = args.methods or (QUICK_METHODS if args.quick else METHODS)
     num_samples = args.num_samples or preset["num_samples"]
-    critic_lr = {} if args.club_critic_lr is None else {"club_critic_lr": args.club_critic_lr}
+    given = {name: getattr(args, name) for name in ("alignment_critic_type", "estimators", "club_critic_lr",
+                                                     "club_critic_steps", "club_head_lr_scale")}
+    objective_options = {name: getattr(args, name) for name in ("conditioning", "club_gradient")}
     settings = BenchmarkSettings(
         epochs=args.epochs or preset["epochs"],
         batch_size=args.batch_size or preset["batch_size"],
-        alignment_critic_type=args.alignment_critic_type,
-        club_critic_steps=args.club_critic_steps,
-        **critic_lr,
+        objective_options={k: v for k, v in objective_options.items() if v is not None},
+        **{**PRESETS[args.preset], **{k: v for k, v in given.items() if v is not None}},
     )
     # The official probe protocol (max_iter=200) often stops before lbfgs converges, and
     # ridge warns on the near-collinear columns of wide embeddings; neither changes a score.

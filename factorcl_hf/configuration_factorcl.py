@@ -55,6 +55,74 @@ OBJECTIVE_REGISTRY: dict[str, ObjectiveSpec] = {
     )
 }
 OBJECTIVES = tuple(OBJECTIVE_REGISTRY)
+
+
+@dataclass(frozen=True)
+class EstimatorPreset:
+    """How FactorCL estimates its conditional and CLUB terms (docs/estimators.md).
+
+    Args:
+        name: the value of `FactorCLConfig.estimators` / `--estimators`.
+        conditioning: `"concat"` (the paper: the condition concatenated to both critic inputs,
+            which bounds I((A,C); (B,C)), not I(A; B | C)) or `"negatives"` (each row's negatives
+            drawn from rows with the same label, SUP, or a nearby augmented view, SSL).
+        club_gradient: `"backbone"` (the CLUB terms' gradients reach the backbone, the paper) or
+            `"heads"` (they stop at the CLUB heads' inputs).
+        normalize_club_heads: L2-normalize the outputs of the heads the CLUB terms empty, so the
+            heads cannot hide information from the critic by scale.
+        club_critic_steps: CLUB-critic optimizer steps per batch (k).
+        critic_lr_scale: the CLUB critics' learning rate over the main one.
+        club_head_lr_scale: the CLUB heads' learning rate over the main one.
+    """
+
+    name: str
+    conditioning: str
+    club_gradient: str
+    normalize_club_heads: bool
+    club_critic_steps: int
+    critic_lr_scale: float
+    club_head_lr_scale: float
+
+    def club_game(
+        self,
+        learning_rate: float,
+        critic_learning_rate: float | None = None,
+        club_critic_steps: int | None = None,
+        club_head_lr_scale: float | None = None,
+    ) -> dict:
+        """The CLUB game's training settings for main learning rate ``learning_rate``: the
+        given values, else this preset's. Keys: ``critic_learning_rate``, ``club_critic_steps``,
+        ``club_head_lr_scale``."""
+        return {
+            "critic_learning_rate": critic_learning_rate or learning_rate * self.critic_lr_scale,
+            "club_critic_steps": club_critic_steps or self.club_critic_steps,
+            "club_head_lr_scale": club_head_lr_scale or self.club_head_lr_scale,
+        }
+
+
+ESTIMATOR_PRESETS: dict[str, EstimatorPreset] = {
+    preset.name: preset
+    for preset in (
+        # The paper's estimators and game, as in the official code.
+        EstimatorPreset("paper", conditioning="concat", club_gradient="backbone", normalize_club_heads=False,
+                        club_critic_steps=1, critic_lr_scale=1.0, club_head_lr_scale=1.0),
+        # A CLUB game the critic wins (measured in docs/estimators.md).
+        EstimatorPreset("tracked", conditioning="negatives", club_gradient="heads", normalize_club_heads=True,
+                        club_critic_steps=5, critic_lr_scale=10.0, club_head_lr_scale=10.0),
+    )
+}
+DEFAULT_ESTIMATORS = "tracked"
+
+
+def estimator_preset(name: str | None, objective: str = "factorcl_ssl") -> EstimatorPreset:
+    """The entry ``name`` of :data:`ESTIMATOR_PRESETS` (``None``: the default of ``objective``,
+    ``DEFAULT_ESTIMATORS`` for FactorCL, ``"paper"`` for the OurCL ablations and the baselines,
+    which have no CLUB terms); a ``ValueError`` naming the choices otherwise."""
+    if name is None:
+        name = DEFAULT_ESTIMATORS if objective_spec(objective).factorized else "paper"
+    if name not in ESTIMATOR_PRESETS:
+        raise ValueError(f"`estimators` must be one of {tuple(ESTIMATOR_PRESETS)}, got {name!r}")
+    return ESTIMATOR_PRESETS[name]
 # Training hyperparameters that configs saved by earlier versions hold (see `from_dict`).
 _TRAINING_KEYS = ("club_critic_steps", "critic_learning_rate")
 
@@ -99,6 +167,12 @@ class FactorCLConfig(PreTrainedConfig):
             Temperature of cosine critics (logits are `cos / logit_temperature`).
         critic_chunk_size (`int`, *optional*):
             Rows of the all-pairs critic evaluated at a time (bounds memory for big batches).
+        estimators (`str`, *optional*):
+            How the conditional and CLUB terms are estimated: `tracked` (conditioning by
+            conditional negatives, CLUB terms whose critics keep up with their heads; the default
+            of the FactorCL objectives) or `paper` (the paper's concatenation and CLUB game, for
+            reproducing published numbers; the default of the OurCL ablations); see
+            `ESTIMATOR_PRESETS` and docs/estimators.md. Configs saved before this option load as `paper`.
         num_labels (`int`, defaults to 2):
             Number of classes of the label, for supervised objectives.
 
@@ -125,6 +199,7 @@ class FactorCLConfig(PreTrainedConfig):
     alignment_critic_type: str = "cosine"
     logit_temperature: float = 0.1
     critic_chunk_size: int | None = None
+    estimators: str | None = None
 
     def __post_init__(self, **kwargs):
         # Own a copy of a given CLIPConfig: model construction sets attributes on it (e.g. the
@@ -136,6 +211,8 @@ class FactorCLConfig(PreTrainedConfig):
     def validate_architecture(self):
         """Part of `@strict` validation: every value checked with a message naming it."""
         spec = objective_spec(self.objective)
+        if self.estimators is not None:
+            estimator_preset(self.estimators)
         if self.critic_type not in ("concat", "separable"):
             raise ValueError(f"`critic_type` must be 'concat' or 'separable', got {self.critic_type!r}")
         if self.alignment_critic_type not in CRITIC_TYPES:
@@ -163,6 +240,9 @@ class FactorCLConfig(PreTrainedConfig):
         # Configs saved before the training hyperparameters left the model config carry them;
         # they are training arguments now (training/arguments.py) and are dropped on load.
         config_dict = {k: v for k, v in config_dict.items() if k not in _TRAINING_KEYS}
+        # Models saved before the estimator presets were trained with the paper's estimators.
+        if "model_type" in config_dict:
+            config_dict.setdefault("estimators", "paper")
         return super().from_dict(config_dict, **kwargs)
 
     @property
@@ -181,4 +261,14 @@ class FactorCLConfig(PreTrainedConfig):
         return objective_spec(self.objective).augmented_views
 
 
-__all__ = ["FactorCLConfig", "ObjectiveSpec", "OBJECTIVE_REGISTRY", "OBJECTIVES", "objective_spec"]
+__all__ = [
+    "FactorCLConfig",
+    "ObjectiveSpec",
+    "OBJECTIVE_REGISTRY",
+    "OBJECTIVES",
+    "objective_spec",
+    "EstimatorPreset",
+    "ESTIMATOR_PRESETS",
+    "DEFAULT_ESTIMATORS",
+    "estimator_preset",
+]

@@ -126,6 +126,7 @@ class FactorCLModel(FactorCLPreTrainedModel):
             alignment_critic_type=config.alignment_critic_type,
             temperature=config.logit_temperature,
             critic_chunk_size=config.critic_chunk_size,
+            estimators=config.estimators,
         )
         self.post_init()
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configuration_factorcl import OBJECTIVES, objective_spec
+from .configuration_factorcl import OBJECTIVES, estimator_preset, objective_spec
 from .distributed import gather_features
 from .estimators import (
     NCECLUBEstimator,
@@ -30,6 +30,7 @@ from .estimators import (
     check_features,
     condition_on,
     infonce_lower_bound,
+    negative_log_weights,
     symmetric_infonce,
 )
 
@@ -55,6 +56,10 @@ SHARED, SHARED_COND, UNIQUE, UNIQUE_LABEL, UNIQUE_COND = (
 FACTORCL_ROLES = (SHARED, SHARED_COND, UNIQUE, UNIQUE_LABEL, UNIQUE_COND)
 # Roles whose outputs on the augmented view condition (SSL) a term.
 SSL_CONDITIONED_ROLES = (SHARED_COND, UNIQUE_LABEL, UNIQUE_COND)
+# Roles that only the CLUB terms train: the heads those terms empty.
+CLUB_ROLES = (SHARED_COND, UNIQUE)
+CONDITIONINGS = ("concat", "negatives")
+CLUB_GRADIENTS = ("backbone", "heads")
 
 
 @dataclass
@@ -81,8 +86,8 @@ class ObjectiveOutput:
     loss: torch.Tensor
     loss_terms: dict[str, torch.Tensor]
     representations: tuple[Representation, Representation]
-    # Detached (x, y) pairs the CLUB critics train on, for `critic_loss`.
-    critic_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    # Detached (x, y[, condition]) inputs the CLUB critics train on, for `critic_loss`.
+    critic_inputs: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
     critic_loss: torch.Tensor | None = None
 
 
@@ -97,13 +102,25 @@ class ModalityHeads(nn.Module):
     """The projection heads of one modality, by role.
 
     With ``factorized=False`` a single head serves every role (the OurCL ablation: the same
-    objective on one representation).
+    objective on one representation). Heads of ``detached_roles`` read the features without
+    passing gradients back to them; those of ``normalized_roles`` output unit vectors.
     """
 
-    def __init__(self, roles: tuple[str, ...], in_dim: int, hidden_dim: int, out_dim: int, factorized: bool = True):
+    def __init__(
+        self,
+        roles: tuple[str, ...],
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        factorized: bool = True,
+        detached_roles: tuple[str, ...] = (),
+        normalized_roles: tuple[str, ...] = (),
+    ):
         super().__init__()
         self.roles = roles
         self.factorized = factorized
+        self.detached_roles = detached_roles if factorized else ()
+        self.normalized_roles = normalized_roles if factorized else ()
         names = roles if factorized else ("joint",)
         self.heads = nn.ModuleDict({name: ProjectionHead(in_dim, hidden_dim, out_dim) for name in names})
 
@@ -112,11 +129,11 @@ class ModalityHeads(nn.Module):
         if not self.factorized:
             joint = self.heads["joint"](features)
             return {role: joint for role in roles}
-        return {role: self.heads[role](features) for role in roles}
+        return {role: self._head(role, features) for role in roles}
 
-
-def _detach_pair(pair: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    return pair[0].detach(), pair[1].detach()
+    def _head(self, role: str, features: torch.Tensor) -> torch.Tensor:
+        output = self.heads[role](features.detach() if role in self.detached_roles else features)
+        return F.normalize(output, dim=-1) if role in self.normalized_roles else output
 
 
 class ContrastiveObjective(nn.Module):
@@ -134,6 +151,7 @@ class ContrastiveObjective(nn.Module):
         num_labels: int | None = None,
         factorized: bool = True,
         temperature: float = 0.1,
+        head_options: dict | None = None,
     ):
         super().__init__()
         if len(input_dims) != 2 or any(int(d) < 1 for d in input_dims):
@@ -145,7 +163,8 @@ class ContrastiveObjective(nn.Module):
         self.head_dim = head_dim
         self.temperature = temperature
         self.heads = nn.ModuleList(
-            ModalityHeads(self.roles, dim, head_hidden_dim, head_dim, factorized) for dim in self.input_dims
+            ModalityHeads(self.roles, dim, head_hidden_dim, head_dim, factorized, **(head_options or {}))
+            for dim in self.input_dims
         )
         # Scores pairs in the shared space (`similarity`, retrieval logits); subclasses may
         # replace it with a trained critic.
@@ -178,6 +197,12 @@ class ContrastiveObjective(nn.Module):
     def main_parameters(self) -> list[nn.Parameter]:
         club = {id(p) for p in self.club_critic_parameters()}
         return [p for p in self.parameters() if id(p) not in club]
+
+    def club_head_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the heads only the CLUB terms train (a subset of
+        :meth:`main_parameters`, which may get their own learning rate); none for objectives
+        without separate CLUB heads."""
+        return []
 
     def critic_loss(self, critic_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor | None:
         """Sum of the CLUB critics' losses on detached inputs (``None`` if there are none)."""
@@ -236,9 +261,19 @@ class ContrastiveObjective(nn.Module):
 class FactorCLObjective(ContrastiveObjective):
     """FactorCL: six MI bounds over five head pairs (FACTORCL.md).
 
-    ``supervised=True`` conditions on the one-hot label (FactorCL-SUP); ``supervised=False``
-    replaces the label by the heads' outputs on augmented views (FactorCL-SSL), in the CLUB
-    term *and* in its critic's training. ``factorized=False`` is the OurCL ablation.
+    ``supervised=True`` conditions on the label (FactorCL-SUP); ``supervised=False`` replaces
+    the label by the heads' outputs on augmented views (FactorCL-SSL), in the CLUB term *and*
+    in its critic's training. ``factorized=False`` is the OurCL ablation.
+
+    ``estimators`` names an entry of ``ESTIMATOR_PRESETS`` (default: ``DEFAULT_ESTIMATORS``, and
+    ``"paper"`` for the OurCL ablation); ``conditioning``,
+    ``club_gradient`` and ``normalize_club_heads`` override its fields (docs/estimators.md):
+
+    * ``conditioning="concat"``: terms 2 and 6 score ``([a; c], [b; c])`` with negatives from
+      every row (the paper); ``"negatives"``: they score ``([a; c], b)`` with each row's
+      negatives drawn from the rows of its class (SUP, exact) or weighted by a kernel on the
+      detached augmented-view condition (SSL).
+    * ``club_gradient="heads"`` stops the CLUB terms' gradients at their heads' inputs.
     """
 
     roles = FACTORCL_ROLES
@@ -258,10 +293,27 @@ class FactorCLObjective(ContrastiveObjective):
         alignment_critic_type: str = "cosine",
         temperature: float = 0.1,
         critic_chunk_size: int | None = None,
+        estimators: str | None = None,
+        conditioning: str | None = None,
+        club_gradient: str | None = None,
+        normalize_club_heads: bool | None = None,
     ):
+        preset = estimator_preset(estimators, "factorcl_ssl" if factorized else "ourcl_ssl")
+        self.estimators = preset.name
+        self.conditioning = preset.conditioning if conditioning is None else conditioning
+        self.club_gradient = preset.club_gradient if club_gradient is None else club_gradient
+        normalize = preset.normalize_club_heads if normalize_club_heads is None else normalize_club_heads
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"`conditioning` must be one of {CONDITIONINGS}, got {self.conditioning!r}")
+        if self.club_gradient not in CLUB_GRADIENTS:
+            raise ValueError(f"`club_gradient` must be one of {CLUB_GRADIENTS}, got {self.club_gradient!r}")
         self.requires_labels = supervised
         self.requires_augmented = not supervised
-        super().__init__(input_dims, head_dim, head_hidden_dim, num_labels, factorized, temperature)
+        head_options = dict(
+            detached_roles=CLUB_ROLES if self.club_gradient == "heads" else (),
+            normalized_roles=CLUB_ROLES if normalize else (),
+        )
+        super().__init__(input_dims, head_dim, head_hidden_dim, num_labels, factorized, temperature, head_options)
         self.supervised = supervised
         self.factorized = factorized
 
@@ -273,16 +325,21 @@ class FactorCLObjective(ContrastiveObjective):
 
         # What conditions a term: the one-hot label (SUP) or the augmented view's head (SSL).
         cond_dim = num_labels if supervised else head_dim
+        self._negatives = None
+        if self.conditioning == "negatives":
+            self._negatives = "class" if supervised else "median_kernel"
+        # The second argument of terms 2 and 6 carries the condition only when concatenating.
+        y_cond_dim = cond_dim if self._negatives is None else 0
         # 1. I(X1; X2) — also scores retrieval (`similarity`).
         self.alignment_critic = critic(head_dim, head_dim, alignment_critic_type)
         # 2. I(X1; X2 | Y), upper bound.
-        self.club_shared_cond = NCECLUBEstimator(critic(head_dim + cond_dim, head_dim + cond_dim))
+        self.club_shared_cond = NCECLUBEstimator(critic(head_dim + cond_dim, head_dim + y_cond_dim), self._negatives)
         # 3. I(X1; X2), upper bound on the unique heads.
         self.club_unique = NCECLUBEstimator(critic(head_dim, head_dim))
         # 4, 5. I(Xi; Y), one critic per modality.
         self.label_critics = nn.ModuleList(critic(head_dim, cond_dim) for _ in range(2))
         # 6. I(X1; X2 | Y), lower bound.
-        self.unique_cond_critic = critic(head_dim + cond_dim, head_dim + cond_dim)
+        self.unique_cond_critic = critic(head_dim + cond_dim, head_dim + y_cond_dim)
 
     def _representation(self, heads):
         if not self.factorized:
@@ -293,17 +350,19 @@ class FactorCLObjective(ContrastiveObjective):
             unique=torch.cat([heads[UNIQUE], heads[UNIQUE_LABEL], heads[UNIQUE_COND]], dim=-1),
         )
 
-    def _loss(self, features, labels, augmented, compute_critic_loss):
+    def club_head_parameters(self) -> list[nn.Parameter]:
+        if not self.factorized:
+            return []
+        return [p for modality in self.heads for role in CLUB_ROLES for p in modality.heads[role].parameters()]
+
+    def _gathered_heads(self, features, labels, augmented):
+        """Every head's output (and, for SSL, the conditioning heads' outputs on the augmented
+        views) gathered across processes, plus the labels: what the six terms score."""
         heads = [self.heads[m](features[m]) for m in range(2)]
         representations = tuple(self._representation(h) for h in heads)
-        if self.supervised:
-            conditions = [None, None]
-        else:
-            conditions = [self.heads[m](augmented[m], SSL_CONDITIONED_ROLES) for m in range(2)]
-
-        # Gather every row the critics see across processes (identity on one process).
         local = [h[r] for h in heads for r in self.roles]
         if not self.supervised:
+            conditions = [self.heads[m](augmented[m], SSL_CONDITIONED_ROLES) for m in range(2)]
             local += [c[r] for c in conditions for r in SSL_CONDITIONED_ROLES]
         gathered = iter(gather_features(local + [labels]))
         heads = [{r: next(gathered) for r in self.roles} for _ in range(2)]
@@ -313,11 +372,23 @@ class FactorCLObjective(ContrastiveObjective):
         if self.supervised:
             one_hot = F.one_hot(labels, self.num_labels).to(heads[0][SHARED].dtype)
             conditions = [dict.fromkeys(SSL_CONDITIONED_ROLES, one_hot) for _ in range(2)]
+        return heads, conditions, labels, representations
 
-        def conditioned(role):
-            return tuple(condition_on(heads[m][role], conditions[m][role]) for m in range(2))
+    def _conditioned(self, heads, conditions, labels, role):
+        """``(x, y, condition)`` of a conditional term on the heads of ``role``: the critic's
+        arguments and what its negatives are drawn by (``None``: every row)."""
+        if self._negatives is None:
+            return (*(condition_on(heads[m][role], conditions[m][role]) for m in range(2)), None)
+        if self.supervised:
+            return condition_on(heads[0][role], conditions[0][role]), heads[1][role], labels
+        # SSL: both views' conditioning heads, detached, are the condition the kernel compares.
+        condition = torch.cat([conditions[m][role] for m in range(2)], dim=-1).detach()
+        return condition_on(heads[0][role], condition[:, : self.head_dim]), heads[1][role], condition
 
-        shared_cond = conditioned(SHARED_COND)
+    def _loss(self, features, labels, augmented, compute_critic_loss):
+        heads, conditions, labels, representations = self._gathered_heads(features, labels, augmented)
+        shared_cond = self._conditioned(heads, conditions, labels, SHARED_COND)
+        unique_cond = self._conditioned(heads, conditions, labels, UNIQUE_COND)
         unique = (heads[0][UNIQUE], heads[1][UNIQUE])
         terms = {
             "shared_nce": symmetric_infonce(self.alignment_critic, heads[0][SHARED], heads[1][SHARED]),
@@ -327,13 +398,17 @@ class FactorCLObjective(ContrastiveObjective):
         for m in range(2):
             scores = self._label_scores(m, heads[m][UNIQUE_LABEL], conditions[m][UNIQUE_LABEL], labels)
             terms[f"unique_label_nce_{m + 1}"] = infonce_lower_bound(scores)
-        terms["unique_cond_nce"] = symmetric_infonce(self.unique_cond_critic, *conditioned(UNIQUE_COND))
+        unique_cond_weights = negative_log_weights(self._negatives, unique_cond[2])
+        terms["unique_cond_nce"] = infonce_lower_bound(self.unique_cond_critic(*unique_cond[:2]), unique_cond_weights)
 
         loss = (
             -terms["shared_nce"] + terms["shared_cond_club"] + terms["unique_club"]
             - terms["unique_label_nce_1"] - terms["unique_label_nce_2"] - terms["unique_cond_nce"]
         )
-        critic_inputs = {"shared_cond": _detach_pair(shared_cond), "unique": _detach_pair(unique)}
+        critic_inputs = {
+            "shared_cond": tuple(t.detach() for t in shared_cond if t is not None),
+            "unique": tuple(t.detach() for t in unique),
+        }
         loss_terms = {name: value.detach() for name, value in terms.items()}
         critic_loss = None
         if compute_critic_loss:

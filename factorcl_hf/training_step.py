@@ -20,7 +20,7 @@ import torch
 
 from .objectives import train_club_critics
 
-__all__ = ["training_step"]
+__all__ = ["training_step", "parameter_groups"]
 
 
 class _NoAccelerator:
@@ -43,6 +43,19 @@ class _NoAccelerator:
 
     def unwrap_model(self, model):
         return model
+
+
+def parameter_groups(model: torch.nn.Module, learning_rate: float, club_head_lr_scale: float = 1.0) -> list[dict]:
+    """The main optimizer's parameter groups: ``model.main_parameters()`` at ``learning_rate``,
+    except the heads only the CLUB terms train (``model.objective.club_head_parameters()``),
+    at ``learning_rate * club_head_lr_scale``: heads that move faster than the encoders reach
+    the CLUB terms' minimum, so their critics find nothing left to track (docs/estimators.md)."""
+    club_heads = model.objective.club_head_parameters()
+    club_ids = {id(p) for p in club_heads}
+    groups = [{"params": [p for p in model.main_parameters() if id(p) not in club_ids], "lr": learning_rate}]
+    if club_heads:
+        groups.append({"params": club_heads, "lr": learning_rate * club_head_lr_scale})
+    return groups
 
 
 def training_step(

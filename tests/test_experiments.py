@@ -68,7 +68,8 @@ def test_settings_validation():
 @pytest.mark.parametrize("method", OBJECTIVES)
 def test_training_reduces_the_loss(method):
     splits = tiny_splits()
-    settings = tiny_settings(epochs=15, batch_size=32, lr=1e-2, club_critic_lr=1e-2)
+    # The concat alignment critic: a cosine one on 4-dim heads moves the loss by less than 0.2.
+    settings = tiny_settings(epochs=15, batch_size=32, lr=1e-2, club_critic_lr=1e-2, alignment_critic_type="concat")
     torch.manual_seed(0)
     model = bench.build_model(method, (8, 8), 2, settings)
     before = loss_on(model, splits.train)

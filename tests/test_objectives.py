@@ -41,33 +41,75 @@ def naive_club(s):
     return sum(s[i, i] for i in range(n)) / n - sum(s[i, j] for i in range(n) for j in range(n)) / n**2
 
 
-def reference_factorcl_loss(obj, batch, supervised):
+def naive_conditional_infonce(s, w):
+    """InfoNCE whose row i draws its negatives with probabilities w[i, :]."""
+    n = len(s)
+    return sum(s[i, i] - torch.log(sum(w[i, j] * torch.exp(s[i, j]) for j in range(n))) for i in range(n)) / n
+
+
+def naive_conditional_club(s, w):
+    n = len(s)
+    return sum(s[i, i] - sum(w[i, j] * s[i, j] for j in range(n)) for i in range(n)) / n
+
+
+def naive_negative_weights(supervised, labels, condition):
+    """Class negatives (same label, uniform) or Gaussian-kernel negatives, median-distance bandwidth."""
+    n = len(labels)
+    if supervised:
+        return torch.tensor([[float(labels[j] == labels[i]) / int((labels == labels[i]).sum()) for j in range(n)]
+                             for i in range(n)])
+    condition = condition.detach()
+    squared = [float(((condition[i] - condition[j]) ** 2).sum()) for i in range(n) for j in range(n) if i != j]
+    h = math.sqrt(torch.tensor(squared).median().item() / 2)
+    k = torch.tensor([[math.exp(-float(((condition[i] - condition[j]) ** 2).sum()) / (2 * h**2)) for j in range(n)]
+                      for i in range(n)])
+    return k / k.sum(1, keepdim=True)
+
+
+def reference_factorcl_loss(obj, batch, supervised, estimators="paper"):
     feats = (batch["features_1"], batch["features_2"])
+    normalize = estimators == "tracked"
     heads = [{r: obj.heads[m].heads[r](feats[m]) for r in obj.roles} for m in range(2)]
+    for m in range(2):
+        for r in ("shared_cond", "unique"):
+            heads[m][r] = F.normalize(heads[m][r], dim=1) if normalize else heads[m][r]
     if supervised:
         y = F.one_hot(batch["labels"], L).float()
         cond = [{r: y for r in obj.roles}] * 2
     else:
         augs = (batch["augmented_1"], batch["augmented_2"])
         cond = [{r: obj.heads[m].heads[r](augs[m]) for r in obj.roles} for m in range(2)]
+        for m in range(2):
+            cond[m]["shared_cond"] = F.normalize(cond[m]["shared_cond"], dim=1) if normalize else cond[m]["shared_cond"]
     cat = lambda m, r: torch.cat([heads[m][r], cond[m][r]], 1)  # noqa: E731
     i_shared = naive_infonce(pairwise(obj.alignment_critic, heads[0]["shared"], heads[1]["shared"]))
-    club_cond = naive_club(pairwise(obj.club_shared_cond.critic, cat(0, "shared_cond"), cat(1, "shared_cond")))
     club_unique = naive_club(pairwise(obj.club_unique.critic, heads[0]["unique"], heads[1]["unique"]))
     i_label = [
         naive_infonce(pairwise(obj.label_critics[m], heads[m]["unique_label"], cond[m]["unique_label"])) for m in range(2)
     ]
-    i_cond = naive_infonce(pairwise(obj.unique_cond_critic, cat(0, "unique_cond"), cat(1, "unique_cond")))
+    if estimators == "paper":
+        club_cond = naive_club(pairwise(obj.club_shared_cond.critic, cat(0, "shared_cond"), cat(1, "shared_cond")))
+        i_cond = naive_infonce(pairwise(obj.unique_cond_critic, cat(0, "unique_cond"), cat(1, "unique_cond")))
+    else:  # conditioning by negatives: ([a; c], b), negatives of the same or a nearby condition
+        terms = []
+        for r, critic in (("shared_cond", obj.club_shared_cond.critic), ("unique_cond", obj.unique_cond_critic)):
+            both = torch.cat([cond[0][r], cond[1][r]], 1)
+            w = naive_negative_weights(supervised, batch["labels"], both)
+            s = pairwise(critic, cat(0, r) if supervised else torch.cat([heads[0][r], cond[0][r]], 1), heads[1][r])
+            terms.append((s, w))
+        club_cond = naive_conditional_club(*terms[0])
+        i_cond = naive_conditional_infonce(*terms[1])
     return -i_shared + club_cond + club_unique - i_label[0] - i_label[1] - i_cond
 
 
+@pytest.mark.parametrize("estimators", ["paper", "tracked"])
 @pytest.mark.parametrize("name", ["factorcl_sup", "factorcl_ssl"])
-def test_factorcl_loss_matches_loop_reference(name):
+def test_factorcl_loss_matches_loop_reference(name, estimators):
     torch.manual_seed(0)
-    obj = build_objective(name, (D1, D2), num_labels=L, **SMALL)
+    obj = build_objective(name, (D1, D2), num_labels=L, estimators=estimators, **SMALL)
     batch = make_batch()
     out = obj(**batch)
-    expected = reference_factorcl_loss(obj, batch, supervised=name.endswith("sup"))
+    expected = reference_factorcl_loss(obj, batch, supervised=name.endswith("sup"), estimators=estimators)
     torch.testing.assert_close(out.loss, expected, rtol=1e-5, atol=1e-5)
     terms = out.loss_terms
     recomposed = (
@@ -75,6 +117,25 @@ def test_factorcl_loss_matches_loop_reference(name):
         - terms["unique_label_nce_1"] - terms["unique_label_nce_2"] - terms["unique_cond_nce"]
     )
     torch.testing.assert_close(recomposed, out.loss.detach())
+
+
+def test_club_gradients_stop_at_the_club_heads_with_the_tracked_estimators():
+    torch.manual_seed(0)
+    batch = {k: v.requires_grad_() if k.startswith("features") else v for k, v in make_batch().items()}
+    obj = build_objective("factorcl_sup", (D1, D2), num_labels=L, estimators="tracked", **SMALL)
+    out = obj(**batch)
+    club = out.loss_terms  # detached; recompute the CLUB terms with graphs
+    heads = obj.heads[0](batch["features_1"]), obj.heads[1](batch["features_2"])
+    unique_club = obj.club_unique(heads[0]["unique"], heads[1]["unique"])
+    grads = torch.autograd.grad(unique_club, [batch["features_1"], *obj.heads[0].heads["unique"].parameters()],
+                                allow_unused=True)
+    assert grads[0] is None  # the backbone features get nothing from a CLUB term
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[1:])  # the CLUB head does
+    torch.testing.assert_close(unique_club.detach(), club["unique_club"])
+    paper = build_objective("factorcl_sup", (D1, D2), num_labels=L, estimators="paper", **SMALL)
+    heads = paper.heads[0](batch["features_1"]), paper.heads[1](batch["features_2"])
+    grad = torch.autograd.grad(paper.club_unique(heads[0]["unique"], heads[1]["unique"]), batch["features_1"])[0]
+    assert grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("critic_type", ["concat", "separable"])
@@ -98,7 +159,7 @@ def test_sup_label_scores_equal_the_all_pairs_scores_with_one_hot_labels(critic_
 
 def test_ssl_club_critic_is_trained_and_evaluated_on_the_same_conditioning():
     torch.manual_seed(0)
-    obj = build_objective("factorcl_ssl", (D1, D2), **SMALL)
+    obj = build_objective("factorcl_ssl", (D1, D2), estimators="paper", **SMALL)
     batch = make_batch()
     out = obj(**batch)
     for m, (feat, aug) in enumerate([("features_1", "augmented_1"), ("features_2", "augmented_2")]):

@@ -18,6 +18,8 @@ from typing import Literal
 
 from transformers import HfArgumentParser
 
+from factorcl_hf.configuration_factorcl import DEFAULT_ESTIMATORS, ESTIMATOR_PRESETS, estimator_preset
+
 __all__ = ["TrainingArguments", "parse_args", "load_config_file"]
 
 
@@ -64,9 +66,15 @@ class TrainingArguments:
                                          "cosine (the CLIP loss), concat or separable")
     logit_temperature: float = _option(0.1, "temperature of cosine critics (logits = cos / temperature)")
     critic_chunk_size: int | None = _option(None, "rows of the all-pairs critics evaluated at a time (bounds memory)")
-    # -- the CLUB critics' own optimizer
-    club_critic_steps: int = _option(1, "CLUB-critic optimizer steps per batch (k in the paper: 1)")
-    critic_learning_rate: float = _option(1e-3, "learning rate of the CLUB critics' Adam")
+    estimators: str | None = _option(None, "how the conditional and CLUB terms are estimated: "
+                                     f"{' or '.join(ESTIMATOR_PRESETS)} (docs/estimators.md; default: "
+                                     f"{DEFAULT_ESTIMATORS} for FactorCL, paper for OurCL); sets the three options below")
+    # -- the CLUB game (default: the --estimators preset's)
+    club_critic_steps: int | None = _option(None, "CLUB-critic optimizer steps per batch (k; paper 1, tracked 5)")
+    critic_learning_rate: float | None = _option(None, "learning rate of the CLUB critics' Adam "
+                                                 "(paper: --learning_rate, tracked: 10x)")
+    club_head_lr_scale: float | None = _option(None, "learning rate of the heads only the CLUB terms train, over "
+                                               "--learning_rate (paper 1, tracked 10)")
     # -- augmentations (objectives that need augmented views)
     crop_scale_min: float = _option(0.2, "smallest crop area of the image augmentation (paper: 0.2)")
     text_augmentation: Literal["delete", "mask", "none"] = _option("delete", "text augmentation of each caption")
@@ -103,11 +111,21 @@ class TrainingArguments:
     def __post_init__(self):
         for name, minimum in (("per_device_train_batch_size", 2), ("logging_steps", 1), ("club_critic_check_steps", 0),
                               ("club_critic_steps", 1)):
-            if getattr(self, name) < minimum:
+            if getattr(self, name) is not None and getattr(self, name) < minimum:
                 why = " for contrastive training" if name == "per_device_train_batch_size" else ""
                 raise ValueError(f"`{name}` must be >= {minimum}{why}, got {getattr(self, name)}")
-        if not self.critic_learning_rate > 0:
-            raise ValueError(f"`critic_learning_rate` must be > 0, got {self.critic_learning_rate}")
+        for name in ("critic_learning_rate", "club_head_lr_scale"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}")
+        estimator_preset(self.estimators, self.objective)
+
+    @property
+    def club_game(self) -> dict:
+        """``critic_learning_rate``, ``club_critic_steps`` and ``club_head_lr_scale``: the ones
+        given, else the ``--estimators`` preset's."""
+        return estimator_preset(self.estimators, self.objective).club_game(
+            self.learning_rate, self.critic_learning_rate, self.club_critic_steps, self.club_head_lr_scale
+        )
 
 
 _OPTIONS = tuple(f.name for f in dataclasses.fields(TrainingArguments))

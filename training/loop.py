@@ -32,7 +32,7 @@ from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs,
 from factorcl_hf.evaluation.image_text import evaluate_image_text
 from factorcl_hf.hub import build_model_card, push_to_hub
 from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
-from factorcl_hf.training_step import training_step
+from factorcl_hf.training_step import parameter_groups, training_step
 from training.arguments import TrainingArguments
 
 log = logging.getLogger("factorcl.train")
@@ -191,9 +191,11 @@ def build_optimizers(args: TrainingArguments, model: FactorCLModel, accelerator:
     # Fused (single-kernel) Adam where torch has it: much faster optimizer steps on CPU
     # (benchmarks/RESULTS.md, "Training loop on the embedded demo").
     fused = {"fused": True} if accelerator.device.type in ("cpu", "cuda") else {}
-    optimizer = torch.optim.AdamW(model.main_parameters(), lr=args.learning_rate, weight_decay=args.weight_decay, **fused)
+    game = args.club_game
+    groups = parameter_groups(model, args.learning_rate, game["club_head_lr_scale"])
+    optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay, **fused)
     critic_params = model.club_critic_parameters()
-    critic_optimizer = torch.optim.Adam(critic_params, lr=args.critic_learning_rate, **fused) if critic_params else None
+    critic_optimizer = torch.optim.Adam(critic_params, lr=game["critic_learning_rate"], **fused) if critic_params else None
     steps_per_epoch = math.ceil(num_batches / accelerator.num_processes / args.gradient_accumulation_steps)
     schedule = Schedule(steps_per_epoch, args.max_train_steps or args.num_train_epochs * steps_per_epoch)
     scheduler = get_scheduler(
@@ -275,7 +277,7 @@ def train_one_epoch(args: TrainingArguments, accelerator: Accelerator, trainer: 
         trainer.seen_rows.extend(batch.pop("row_indices").tolist())
         outputs = training_step(
             trainer.model, {**batch, "return_loss": True}, trainer.optimizer, trainer.critic_optimizer,
-            club_critic_steps=args.club_critic_steps, scheduler=trainer.scheduler, max_grad_norm=args.max_grad_norm,
+            club_critic_steps=args.club_game["club_critic_steps"], scheduler=trainer.scheduler, max_grad_norm=args.max_grad_norm,
             accelerator=accelerator,
         )
         if not accelerator.sync_gradients:

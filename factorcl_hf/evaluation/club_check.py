@@ -5,8 +5,8 @@ encoders move faster than the critics, they can hide information from *those* cr
 still holding it. The check (docs/synthetic_benchmark.md) compares, on held-out data, each
 CLUB term's own critic with a fresh critic fitted to the frozen features.
 
-One name throughout: the **critic inputs** of a batch are the detached ``(x, y)`` pairs each
-CLUB critic scores (``ObjectiveOutput.critic_inputs``, keyed like
+One name throughout: the **critic inputs** of a batch are the detached ``(x, y)`` pairs — or
+``(x, y, condition)`` triples for conditional estimators — each CLUB critic scores (``ObjectiveOutput.critic_inputs``, keyed like
 ``objective.club_estimators``); :func:`critic_inputs` concatenates them over every batch of a
 split, and :func:`club_critic_report` takes those of a train and a test split.
 """
@@ -20,11 +20,11 @@ from typing import Any
 import torch
 
 from ..data.image_text import IndexedDataset
-from ..estimators import fit_critic, infonce_lower_bound
+from ..estimators import fit_critic, infonce_lower_bound, negative_log_weights
 
 __all__ = ["critic_inputs", "image_text_batches", "club_critic_report"]
 
-CriticInputs = dict[str, tuple[torch.Tensor, torch.Tensor]]
+CriticInputs = dict[str, tuple[torch.Tensor, ...]]
 
 
 @torch.no_grad()
@@ -33,18 +33,18 @@ def critic_inputs(model: torch.nn.Module, batches: Iterable[dict[str, Any]]) -> 
     ``batches`` in eval mode, without gradients, and concatenate (on the CPU, in float32) the
     pairs each CLUB critic scores (``outputs.critic_inputs``). ``batches`` is consumed lazily,
     after the switch to eval mode; the model's mode is restored."""
-    pairs: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    parts: dict[str, list[list[torch.Tensor]]] = {}
     was_training = model.training
     model.eval()
     try:
         for inputs in batches:
-            for key, (x, y) in (model(**inputs).critic_inputs or {}).items():
-                xs, ys = pairs.setdefault(key, ([], []))
-                xs.append(x.float().cpu())
-                ys.append(y.float().cpu())
+            for key, tensors in (model(**inputs).critic_inputs or {}).items():
+                columns = parts.setdefault(key, [[] for _ in tensors])
+                for column, tensor in zip(columns, tensors):
+                    column.append(tensor.cpu() if not tensor.is_floating_point() else tensor.float().cpu())
     finally:
         model.train(was_training)
-    return {key: (torch.cat(xs), torch.cat(ys)) for key, (xs, ys) in pairs.items()}
+    return {key: tuple(torch.cat(column) for column in columns) for key, columns in parts.items()}
 
 
 def image_text_batches(model, collator, dataset, batch_size: int) -> Iterator[dict[str, Any]]:
@@ -65,13 +65,15 @@ def image_text_batches(model, collator, dataset, batch_size: int) -> Iterator[di
     return batches()
 
 
-def _mean_infonce(critic: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> float:
-    """InfoNCE of ``critic`` averaged over consecutive full batches of ``batch_size`` pairs."""
+def _mean_infonce(estimator, critic: torch.nn.Module, inputs: tuple[torch.Tensor, ...], batch_size: int) -> float:
+    """InfoNCE of ``critic`` with ``estimator``'s negatives, averaged over consecutive full
+    batches of ``batch_size`` rows of ``inputs`` (``(x, y[, condition])``)."""
+    values = []
     with torch.no_grad():
-        values = [
-            infonce_lower_bound(critic(x[start : start + batch_size], y[start : start + batch_size]))
-            for start in range(0, len(x) - batch_size + 1, batch_size)
-        ]
+        for start in range(0, len(inputs[0]) - batch_size + 1, batch_size):
+            x, y, *condition = (t[start : start + batch_size] for t in inputs)
+            log_weights = negative_log_weights(estimator.negatives, condition[0] if condition else None)
+            values.append(infonce_lower_bound(critic(x, y), log_weights))
     return float(torch.stack(values).mean())
 
 
@@ -117,9 +119,11 @@ def club_critic_report(
             if len(inputs[key][0]) < batch_size:
                 raise ValueError(f"`{name}[{key!r}]` has {len(inputs[key][0])} pairs, fewer than `batch_size` ({batch_size})")
         fresh = _fresh_critic(estimator.critic, seed)
-        fit_critic(fresh, *train_critic_inputs[key], refit_steps, refit_lr, batch_size, generator)
+        x, y, *condition = train_critic_inputs[key]
+        fit_critic(fresh, x, y, refit_steps, refit_lr, batch_size, generator,
+                   condition=condition[0] if condition else None, negatives=estimator.negatives)
         report[key] = {
-            "trained": _mean_infonce(estimator.critic, *test_critic_inputs[key], batch_size),
-            "refit": _mean_infonce(fresh, *test_critic_inputs[key], batch_size),
+            "trained": _mean_infonce(estimator, estimator.critic, test_critic_inputs[key], batch_size),
+            "refit": _mean_infonce(estimator, fresh, test_critic_inputs[key], batch_size),
         }
     return report
