@@ -80,7 +80,8 @@ def check_finite(module, where: str = "the model") -> None:
 
     for kind, tensors in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
         for name, tensor in tensors:
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            # Meta tensors (weights offloaded by a device map) hold no values to check.
+            if tensor.is_floating_point() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
                 bad = int((~torch.isfinite(tensor)).sum())
                 raise ValueError(
                     f"{kind} {name!r} of {where} has {bad} NaN or infinite value(s) of {tensor.numel()}: "

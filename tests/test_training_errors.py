@@ -141,10 +141,12 @@ def test_a_failed_final_save_leaves_the_trained_model_at_a_named_path(data_dir, 
         shutil.rmtree(fallback, ignore_errors=True)
 
 
-@pytest.mark.parametrize("option,value", [("max_train_steps", "0"), ("num_train_epochs", "0"),
-                                          ("gradient_accumulation_steps", "0"), ("per_device_eval_batch_size", "0")])
-def test_zero_steps_and_zero_sizes_are_errors(option, value):
-    with pytest.raises(ValueError, match=f"`{option}` must be >= 1, got 0"):
+@pytest.mark.parametrize("option,value,minimum", [
+    ("max_train_steps", "0", 1), ("num_train_epochs", "0", 1), ("gradient_accumulation_steps", "0", 1),
+    ("per_device_eval_batch_size", "0", 1), ("tiny_projection_dim", "-3", 1), ("checkpoints_total_limit", "-1", 0),
+])
+def test_zero_steps_and_zero_sizes_are_errors(option, value, minimum):
+    with pytest.raises(ValueError, match=f"`{option}` must be >= {minimum}, got {value}"):
         parse_args([f"--{option}", value])
 
 

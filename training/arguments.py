@@ -106,7 +106,9 @@ class TrainingArguments:
         minimums = (("per_device_train_batch_size", 2), ("per_device_eval_batch_size", 1), ("logging_steps", 1),
                     ("club_critic_check_steps", 0), ("club_critic_steps", 1), ("num_train_epochs", 1),
                     ("max_train_steps", 1), ("gradient_accumulation_steps", 1), ("checkpointing_steps", 1),
-                    ("num_warmup_steps", 0), ("dataloader_num_workers", 0))
+                    ("num_warmup_steps", 0), ("dataloader_num_workers", 0), ("checkpoints_total_limit", 0),
+                    ("num_train_samples", 2), ("tiny_image_size", 1), ("tiny_patch_size", 1), ("tiny_hidden_size", 1),
+                    ("tiny_num_layers", 1), ("tiny_projection_dim", 1))
         for name, minimum in minimums:
             value = getattr(self, name)
             if value is not None and value < minimum:
