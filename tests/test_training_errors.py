@@ -227,3 +227,13 @@ def test_an_empty_csv_is_named(tmp_path, content):
     csv.write_text(content)
     with pytest.raises(ValueError, match=f"data file '{csv}' (is empty|cannot be read as csv: it is empty)"):
         load_image_text_dataset(csv)
+
+
+def test_a_non_finite_loss_names_the_step(tmp_path):
+    from types import SimpleNamespace
+
+    args = parse_args(["--output_dir", str(tmp_path)])
+    training.loop.check_loss_is_finite(args, SimpleNamespace(num_processes=1), torch.tensor(2.5), step=7)
+    with pytest.raises(training.loop.TrainingDivergedError,
+                       match=r"diverged at optimizer step 7: the loss is \[inf\].*no checkpoint to resume from"):
+        training.loop.check_loss_is_finite(args, SimpleNamespace(num_processes=1), torch.tensor(float("inf")), step=7)
