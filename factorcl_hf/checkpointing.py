@@ -1,30 +1,58 @@
-"""Crash-safe checkpoints: everything is written to a temporary sibling folder and renamed
-into place, so an interrupted save never leaves a half-written checkpoint or model behind
-(and never destroys the previous one)."""
+"""Crash-safe checkpoints: everything is written to a temporary sibling folder, flushed to
+disk and renamed into place, so an interrupted save never leaves a half-written checkpoint or
+model behind (and never destroys the previous one: an interrupted swap is undone on the next
+start, see :func:`recover_interrupted_swap`).
+
+A checkpoint holds accelerate's state (model as safetensors; optimizer, scheduler and RNG
+states as torch files that accelerate loads with ``weights_only=True``), the training
+progress as JSON (``train_state.json``; never a pickle, which could run code when loaded) and
+``SHA256SUMS`` of its files, checked before anything is loaded.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .integrity import check_finite, verify_checksums, write_checksums
+
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
+TRAIN_STATE_FILE = "train_state.json"
+RETIRED_PREFIX = ".retired-"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainState:
-    """Progress counters saved with every accelerate checkpoint."""
+    """Progress counters saved with every checkpoint, as JSON."""
 
     step: int = 0
 
-    def state_dict(self) -> dict:
-        return {"step": self.step}
+    def save(self, folder: str | os.PathLike) -> None:
+        (Path(folder) / TRAIN_STATE_FILE).write_text(json.dumps(asdict(self)))
 
-    def load_state_dict(self, state: dict):
-        self.step = int(state["step"])
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> TrainState:
+        path = Path(folder) / TRAIN_STATE_FILE
+        try:
+            state = json.loads(path.read_text())
+            step = state["step"]
+        except FileNotFoundError as error:
+            raise ValueError(
+                f"checkpoint {str(folder)!r} has no {TRAIN_STATE_FILE}: it is incomplete, or was written by an "
+                "earlier version (whose custom_checkpoint_0.pkl is never loaded: a pickle can run code)"
+            ) from error
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{path} is not a JSON object with an integer 'step': {error}") from error
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"{path}: 'step' must be a non-negative integer, got {step!r}")
+        return cls(step=step)
 
 
 def checkpoints_dir(output_dir: str | os.PathLike) -> Path:
@@ -32,10 +60,13 @@ def checkpoints_dir(output_dir: str | os.PathLike) -> Path:
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints under ``OUTPUT_DIR/checkpoints``, oldest first."""
+    """Complete checkpoints under ``OUTPUT_DIR/checkpoints``, oldest first (a checkpoint whose
+    replacement was interrupted is put back first)."""
     root = checkpoints_dir(output_dir)
     if not root.is_dir():
         return []
+    for retired in root.glob(f"{RETIRED_PREFIX}step_*"):
+        recover_interrupted_swap(root / retired.name[len(RETIRED_PREFIX):])
     found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))]
     return [p for _, p in sorted(found)]
 
@@ -45,12 +76,17 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
-def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None = None) -> Path:
-    """``accelerator.save_state`` into ``checkpoints/step_{step}``, atomically; keeps the
-    newest ``total_limit`` checkpoints. Call it on every process."""
+def save_checkpoint(accelerator, output_dir: str | os.PathLike, state: TrainState, total_limit: int | None = None,
+                    model=None) -> Path:
+    """``accelerator.save_state`` plus ``state`` (JSON) and checksums into
+    ``checkpoints/step_{state.step}``, atomically; keeps the newest ``total_limit``
+    checkpoints. Call it on every process. With ``model``, weights holding a NaN or an
+    infinite value are refused (``ValueError`` naming the tensor) before anything is written."""
+    if model is not None:
+        check_finite(accelerator.unwrap_model(model), where=f"the model at step {state.step}")
     root = checkpoints_dir(output_dir)
-    final = root / f"step_{step}"
-    staging = root / f".staging-step_{step}"
+    final = root / f"step_{state.step}"
+    staging = root / f".staging-step_{state.step}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
@@ -58,6 +94,8 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     accelerator.save_state(str(staging))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        state.save(staging)
+        write_checksums(staging)
         _replace(staging, final)
         if total_limit:
             for old in list_checkpoints(output_dir)[:-total_limit]:
@@ -66,11 +104,36 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     return final
 
 
+def load_checkpoint(accelerator, path: str | os.PathLike, model=None) -> TrainState:
+    """Load a checkpoint written by :func:`save_checkpoint` into the prepared objects and
+    return its :class:`TrainState`. Every error names the checkpoint; nothing in it is
+    unpickled beyond what ``torch.load(weights_only=True)`` allows."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"`resume_from_checkpoint` {str(path)!r} is not a checkpoint folder")
+    pickles = sorted(p.name for p in path.glob("custom_checkpoint_*.pkl"))
+    if pickles:
+        raise ValueError(
+            f"checkpoint {str(path)!r} holds {pickles}: pickled objects are never loaded (they can run code). "
+            f"Checkpoints of this version keep the training progress in {TRAIN_STATE_FILE}"
+        )
+    verify_checksums(path)
+    state = TrainState.load(path)
+    try:
+        accelerator.load_state(str(path))
+    except Exception as error:  # noqa: BLE001 - torch/safetensors/accelerate raise many types
+        raise ValueError(f"checkpoint {str(path)!r} cannot be loaded ({type(error).__name__}: {error})") from error
+    if model is not None:
+        check_finite(accelerator.unwrap_model(model), where=f"checkpoint {str(path)!r}")
+    return state
+
+
 def save_pretrained_atomically(model, processor, final_dir: str | os.PathLike, card=None) -> Path:
     """``save_pretrained`` of model (+ processor, + model card as README.md) into
     ``final_dir`` via a staging folder."""
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
+    recover_interrupted_swap(final_dir)
     staging = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}-", dir=final_dir.parent))
     try:
         model.save_pretrained(staging)
@@ -84,14 +147,70 @@ def save_pretrained_atomically(model, processor, final_dir: str | os.PathLike, c
     return final_dir
 
 
+def retired_path(target: str | os.PathLike) -> Path:
+    """Where :func:`_replace` parks the previous ``target`` while the new one moves in."""
+    target = Path(target)
+    return target.with_name(f"{RETIRED_PREFIX}{target.name}")
+
+
+def recover_interrupted_swap(target: str | os.PathLike) -> bool:
+    """Finish or undo a replacement of ``target`` that was interrupted (killed, power loss):
+    if only the retired copy exists it is put back; if both exist the retired one is
+    removed. Returns whether the previous ``target`` was put back."""
+    target = Path(target)
+    retired = retired_path(target)
+    if not retired.exists():
+        return False
+    if target.exists():
+        shutil.rmtree(retired, ignore_errors=True)
+        return False
+    try:
+        os.replace(retired, target)
+    except FileNotFoundError:  # another process of the same run put it back first
+        return False
+    _fsync_dir(target.parent)
+    logger.warning("Restored %s, which an interrupted save had left at %s", target, retired)
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    # A rename is durable only once its directory is flushed; some file systems refuse to
+    # open or flush a directory, and then there is nothing more to do.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file and folder under ``root``, so that the rename that publishes it
+    never exposes files whose data is still only in the page cache."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(Path(folder))
+
+
 def _replace(source: Path, target: Path):
     """Move ``source`` to ``target``; an existing ``target`` is removed only once ``source``
-    is in place."""
+    is in place. Killed between the two renames, only the retired copy exists:
+    :func:`recover_interrupted_swap` puts it back on the next start."""
+    _fsync_tree(source)
+    recover_interrupted_swap(target)
     if target.exists():
-        retired = target.with_name(f".retired-{target.name}")
-        shutil.rmtree(retired, ignore_errors=True)
+        retired = retired_path(target)
         os.replace(target, retired)
+        _fsync_dir(target.parent)
         os.replace(source, target)
+        _fsync_dir(target.parent)
         shutil.rmtree(retired, ignore_errors=True)
     else:
         os.replace(source, target)
+        _fsync_dir(target.parent)

@@ -134,6 +134,13 @@ def objective_spec(name: str) -> ObjectiveSpec:
     return OBJECTIVE_REGISTRY[name]
 
 
+def _check_positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"`{name}` must be an int, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value}")
+
+
 @strict
 class FactorCLConfig(PreTrainedConfig):
     r"""
@@ -220,14 +227,28 @@ class FactorCLConfig(PreTrainedConfig):
                 f"`alignment_critic_type` must be one of {CRITIC_TYPES}, got {self.alignment_critic_type!r}"
             )
         for name in ("head_dim", "head_hidden_dim", "critic_hidden_dim", "critic_num_hidden_layers", "critic_embed_dim"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}")
+            _check_positive_int(name, getattr(self, name))
+        self._validate_clip_config()
         if not self.logit_temperature > 0:
             raise ValueError(f"`logit_temperature` must be > 0, got {self.logit_temperature}")
         if self.critic_chunk_size is not None and self.critic_chunk_size < 1:
             raise ValueError(f"`critic_chunk_size` must be a positive integer or None, got {self.critic_chunk_size}")
         if spec.supervised and (self.num_labels is None or self.num_labels < 2):
             raise ValueError(f"`num_labels` must be >= 2 for objective {self.objective!r}, got {self.num_labels}")
+
+    def _validate_clip_config(self):
+        """The backbone sizes the heads are built from: a negative or zero size would only
+        surface as a tensor-creation error deep inside torch."""
+        clip = self.clip_config
+        if clip is None:
+            return
+        as_dict = clip if isinstance(clip, dict) else clip.to_dict()
+        if "projection_dim" in as_dict:
+            _check_positive_int("clip_config.projection_dim", as_dict["projection_dim"])
+        for tower in ("text_config", "vision_config"):
+            for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+                if key in (as_dict.get(tower) or {}):
+                    _check_positive_int(f"clip_config.{tower}.{key}", as_dict[tower][key])
 
     @classmethod
     def from_dict(cls, config_dict: dict, **kwargs):
@@ -237,6 +258,11 @@ class FactorCLConfig(PreTrainedConfig):
                 f"This checkpoint is a {model_type!r} model, not a {cls.model_type!r} one. To start from a "
                 "CLIP checkpoint use `FactorCLModel.from_clip(path_or_id)`."
             )
+        if model_type is not None and not config_dict.get("clip_config") and "clip_config" not in kwargs:
+            # A saved config always has one; without it the default (ViT-B/32) backbone would be
+            # built and the saved weights would not fit it.
+            raise ValueError("This FactorCL config has no `clip_config` (the backbone's configuration): the config "
+                             "file is incomplete or was edited; restore it from the saved model")
         # Configs saved before the training hyperparameters left the model config carry them;
         # they are training arguments now (training/arguments.py) and are dropped on load.
         config_dict = {k: v for k, v in config_dict.items() if k not in _TRAINING_KEYS}

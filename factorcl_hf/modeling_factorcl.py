@@ -3,6 +3,8 @@ objective (FactorCL or a baseline) that owns the projection heads and critics.""
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -17,9 +19,11 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_factorcl import FactorCLConfig
+from .integrity import check_finite, check_model_path, verify_checksums, write_checksums
 from .objectives import ContrastiveObjective, Representation, build_objective
 
 MODALITIES = ("image", "text")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -93,6 +97,26 @@ class FactorCLPreTrainedModel(PreTrainedModel):
                 init.uniform_(module.bias, -bound, bound)
 
 
+def _check_local_folder(path, has_config: bool) -> None:
+    """Before transformers reads a saved folder: its checksums match, and its config exists
+    and names the backbone (without either, the default ViT-B/32 shape would be built and
+    the weights would not fit it)."""
+    verify_checksums(path)
+    if has_config:
+        return
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"{config_file!r} does not exist: the model folder is incomplete")
+    with open(config_file, encoding="utf-8") as handle:
+        try:
+            saved = json.load(handle)
+        except ValueError as error:
+            raise ValueError(f"{config_file!r} is not valid JSON: {error}") from error
+    if saved.get("model_type") == FactorCLConfig.model_type and not saved.get("clip_config"):
+        raise ValueError(f"{config_file!r} has no `clip_config` (the backbone's configuration): the file is "
+                         "incomplete or was edited")
+
+
 class FactorCLModel(FactorCLPreTrainedModel):
     """A CLIP backbone with a FactorCL objective over its image and text embeddings.
 
@@ -136,13 +160,42 @@ class FactorCLModel(FactorCLPreTrainedModel):
         """`PreTrainedModel.from_pretrained`, restricted to safetensors weights (never a pickle),
         with a clear error for a corrupted weights file."""
         kwargs.setdefault("use_safetensors", True)
+        check_model_path(pretrained_model_name_or_path)
+        if os.path.isdir(pretrained_model_name_or_path):
+            _check_local_folder(pretrained_model_name_or_path, has_config="config" in kwargs)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         except SafetensorError as error:
             raise ValueError(
                 f"The weights of {str(pretrained_model_name_or_path)!r} cannot be read as safetensors "
                 f"({error}): the checkpoint is corrupted or incomplete"
             ) from error
+        except RuntimeError as error:
+            if "ignore_mismatched_sizes" not in str(error) or kwargs.get("ignore_mismatched_sizes"):
+                raise
+            raise ValueError(cls._mismatch_message(pretrained_model_name_or_path, model_args, kwargs)) from error
+        check_finite(model[0] if isinstance(model, tuple) else model, where=repr(str(pretrained_model_name_or_path)))
+        return model
+
+    @classmethod
+    def _mismatch_message(cls, path, model_args, kwargs) -> str:
+        """Name the first weight whose saved shape differs from the config's (loading again
+        with mismatches allowed, only to read transformers' report of them)."""
+        _, info = super().from_pretrained(path, *model_args, **{**kwargs, "ignore_mismatched_sizes": True,
+                                                                "output_loading_info": True})
+        mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+        first = " ".join(map(str, mismatched[0])) if mismatched else "?"
+        return (f"The weights of {str(path)!r} do not fit the config: {len(mismatched)} tensor(s) have another shape, "
+                f"first {first} (name, saved shape, expected shape). Was the config (e.g. `head_dim`) changed "
+                "after saving?")
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, refusing non-finite weights, plus a `SHA256SUMS`
+        of the weights files that `from_pretrained` verifies."""
+        check_finite(self)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_checksums(save_directory, "*.safetensors")
 
     @classmethod
     def from_clip(cls, clip: str | os.PathLike | CLIPModel, **config_overrides) -> FactorCLModel:
@@ -166,6 +219,10 @@ class FactorCLModel(FactorCLPreTrainedModel):
                 f"`{name}` must have shape [batch, {channels}, {size}, {size}] for this model, "
                 f"got {tuple(pixel_values.shape)}"
             )
+        if pixel_values.shape[0] == 0:
+            raise ValueError(f"`{name}` is an empty batch (shape {tuple(pixel_values.shape)})")
+        if pixel_values.is_floating_point() and not bool(torch.isfinite(pixel_values).all()):
+            raise ValueError(f"`{name}` holds NaN or infinite values; the model would return NaN embeddings")
 
     def _check_tokens(self, name: str, input_ids: torch.Tensor | None):
         if input_ids is None:
@@ -175,6 +232,21 @@ class FactorCLModel(FactorCLPreTrainedModel):
         max_len = self.config.clip_config.text_config.max_position_embeddings
         if input_ids.shape[1] > max_len:
             raise ValueError(f"`{name}` has {input_ids.shape[1]} tokens; this model takes at most {max_len}")
+        if input_ids.numel() == 0:
+            raise ValueError(f"`{name}` is empty (shape {tuple(input_ids.shape)}): need at least one token per text")
+        vocab = self.config.clip_config.text_config.vocab_size
+        low, high = int(input_ids.min()), int(input_ids.max())
+        if low < 0 or high >= vocab:
+            bad = low if low < 0 else high
+            raise ValueError(f"`{name}` holds token id {bad}, outside this model's vocabulary [0, {vocab - 1}]")
+
+    def _warn_unused_labels(self, labels):
+        # A warning (once per model), not an error: batches of labelled datasets carry labels
+        # whatever the objective.
+        if labels is not None and not self.config.is_supervised and not getattr(self, "_warned_unused_labels", False):
+            self._warned_unused_labels = True
+            logger.warning("`labels` are ignored: objective %r is self-supervised (labels are not checked against "
+                           "`num_labels` either); use a supervised objective to train on them", self.config.objective)
 
     # ---------------------------------------------------------------- embedding
     def _backbone(self, modality: str, **inputs) -> torch.Tensor:
@@ -246,6 +318,7 @@ class FactorCLModel(FactorCLPreTrainedModel):
         """
         self._check_pixels("pixel_values", pixel_values)
         self._check_tokens("input_ids", input_ids)
+        self._warn_unused_labels(labels)
         if return_loss is None:
             return_loss = labels is not None or augmented_pixel_values is not None
         use_views = return_loss and self.config.uses_augmented_views

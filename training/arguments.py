@@ -109,14 +109,26 @@ class TrainingArguments:
     save_seen_rows: bool = _option(False, "write the row indices each process trained on (debugging)")
 
     def __post_init__(self):
-        for name, minimum in (("per_device_train_batch_size", 2), ("logging_steps", 1), ("club_critic_check_steps", 0),
-                              ("club_critic_steps", 1)):
-            if getattr(self, name) is not None and getattr(self, name) < minimum:
+        # Checked here, before any data is read or model built: a zero count would otherwise
+        # "train" for no steps and save an untrained model, or divide by zero much later.
+        minimums = (("per_device_train_batch_size", 2), ("per_device_eval_batch_size", 1), ("logging_steps", 1),
+                    ("club_critic_check_steps", 0), ("club_critic_steps", 1), ("num_train_epochs", 1),
+                    ("max_train_steps", 1), ("gradient_accumulation_steps", 1), ("checkpointing_steps", 1),
+                    ("num_warmup_steps", 0), ("dataloader_num_workers", 0), ("checkpoints_total_limit", 0),
+                    ("num_train_samples", 2), ("tiny_image_size", 1), ("tiny_patch_size", 1), ("tiny_hidden_size", 1),
+                    ("tiny_num_layers", 1), ("tiny_projection_dim", 1))
+        for name, minimum in minimums:
+            value = getattr(self, name)
+            if value is not None and value < minimum:
                 why = " for contrastive training" if name == "per_device_train_batch_size" else ""
-                raise ValueError(f"`{name}` must be >= {minimum}{why}, got {getattr(self, name)}")
+                raise ValueError(f"`{name}` must be >= {minimum}{why}, got {value}")
         for name in ("critic_learning_rate", "club_head_lr_scale"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("`hub_model_id` (USER/NAME) is required with `push_to_hub`")
         estimator_preset(self.estimators, self.objective)
 
     @property

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,14 @@ from transformers import AutoProcessor, get_scheduler
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.augmentations import ImageAugmentation, TextAugmentation
-from factorcl_hf.checkpointing import TrainState, latest_checkpoint, save_checkpoint, save_pretrained_atomically
+from factorcl_hf.checkpointing import (
+    TrainState,
+    latest_checkpoint,
+    load_checkpoint,
+    recover_interrupted_swap,
+    save_checkpoint,
+    save_pretrained_atomically,
+)
 from factorcl_hf.configuration_factorcl import objective_spec
 from factorcl_hf.data.image_text import ImageTextCollator, IndexedDataset, drop_undecodable_images, load_image_text_dataset
 from factorcl_hf.data.shapes import DEFAULT_UNIQUE_SHARE, write_shapes_imagefolder
@@ -42,6 +50,34 @@ log = logging.getLogger("factorcl.train")
 def check_objective(args: TrainingArguments) -> None:
     """Fail on an unknown ``--objective`` before anything starts (the registry lives in the package)."""
     objective_spec(args.objective)
+
+
+def check_output_paths(args: TrainingArguments) -> None:
+    """Fail before any training on an output path that the run could not write at the end
+    (``--output_dir`` or one of the files and folders it gets), and put back a ``model/``
+    that an interrupted save of an earlier run left aside."""
+    output_dir = Path(args.output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"`output_dir` {str(output_dir)!r} exists and is not a directory")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"`output_dir` {str(output_dir)!r} cannot be created: {error}") from error
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"`output_dir` {str(output_dir)!r} is not writable")
+    recover_interrupted_swap(output_dir / "model")
+    folders = ["model", "checkpoints", "logs"]
+    files = ["results.json", "train_log.jsonl"]
+    for name, must_be_dir in [(n, True) for n in folders] + [(n, False) for n in files]:
+        path = output_dir / name
+        if path.exists() and path.is_dir() != must_be_dir:
+            kind = "a directory" if must_be_dir else "a file"
+            raise ValueError(f"`output_dir`: {str(path)!r} exists and is not {kind}; the run writes {kind} there")
+    if args.train_data is None and (output_dir.parent / "data").is_file():
+        raise ValueError(f"{str(output_dir.parent / 'data')!r} is a file; the embedded dataset is written there")
+    resume = args.resume_from_checkpoint
+    if resume and resume != "latest" and not Path(resume).is_dir():
+        raise ValueError(f"`resume_from_checkpoint` {resume!r} is not a checkpoint folder (or 'latest')")
 
 
 def build_accelerator(args: TrainingArguments) -> Accelerator:
@@ -204,14 +240,15 @@ def build_optimizers(args: TrainingArguments, model: FactorCLModel, accelerator:
     return optimizer, critic_optimizer, scheduler, schedule
 
 
-def resume(args: TrainingArguments, accelerator: Accelerator, state) -> None:
-    """Load ``--resume_from_checkpoint`` (a folder, or ``latest``) into the prepared objects."""
+def resume(args: TrainingArguments, accelerator: Accelerator, state: TrainState, model) -> None:
+    """Load ``--resume_from_checkpoint`` (a folder, or ``latest``) into the prepared objects
+    and ``state``."""
     output_dir = Path(args.output_dir)
     path = latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
     if path is None:
         log.info("No checkpoint under %s; starting from scratch", output_dir / "checkpoints")
         return
-    accelerator.load_state(str(path))
+    state.step = load_checkpoint(accelerator, path, model=model).step
     log.info("Resumed from %s at step %d", path, state.step)
 
 
@@ -275,20 +312,49 @@ def train_one_epoch(args: TrainingArguments, accelerator: Accelerator, trainer: 
     loader = accelerator.skip_first_batches(trainer.train_loader, skip) if skip else trainer.train_loader
     for batch in loader:
         trainer.seen_rows.extend(batch.pop("row_indices").tolist())
-        outputs = training_step(
-            trainer.model, {**batch, "return_loss": True}, trainer.optimizer, trainer.critic_optimizer,
-            club_critic_steps=args.club_game["club_critic_steps"], scheduler=trainer.scheduler, max_grad_norm=args.max_grad_norm,
-            accelerator=accelerator,
-        )
+        try:
+            outputs = training_step(
+                trainer.model, {**batch, "return_loss": True}, trainer.optimizer, trainer.critic_optimizer,
+                club_critic_steps=args.club_game["club_critic_steps"], scheduler=trainer.scheduler, max_grad_norm=args.max_grad_norm,
+                accelerator=accelerator,
+            )
+        except ValueError as error:
+            # The objective's own finiteness check on the features: weights already broken.
+            if "contains NaN or infinite values" not in str(error):
+                raise
+            raise TrainingDivergedError(diverged_message(args, state.step + 1, str(error))) from error
+        check_loss_is_finite(args, accelerator, outputs.loss, state.step + 1)
         if not accelerator.sync_gradients:
             continue
         state.step += 1
         trainer.progress.update(1)
         trainer.loss_log.add(state.step, outputs, trainer.scheduler.get_last_lr()[0], trainer.progress)
         if args.checkpointing_steps and state.step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, Path(args.output_dir), state.step, args.checkpoints_total_limit)
+            save_checkpoint(accelerator, Path(args.output_dir), state, args.checkpoints_total_limit, model=trainer.model)
         if state.step >= schedule.max_steps:
             break
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss (or the features) became NaN or infinite: training stopped and nothing of the
+    diverged weights was saved."""
+
+
+def diverged_message(args: TrainingArguments, step: int, cause: str) -> str:
+    last = latest_checkpoint(args.output_dir)
+    resume = f"the last good checkpoint is {str(last)!r}" if last else "there is no checkpoint to resume from"
+    return (f"Training diverged at optimizer step {step}: {cause}. Stopped without saving the model; {resume}. "
+            "Try a lower --learning_rate or --max_grad_norm")
+
+
+def check_loss_is_finite(args: TrainingArguments, accelerator: Accelerator, loss, step: int) -> None:
+    """Raise :class:`TrainingDivergedError` when the loss of any process is not finite (every
+    process sees the same verdict, so none waits for a peer that stopped)."""
+    loss = loss.detach().float().reshape(1)
+    if accelerator.num_processes > 1:
+        loss = accelerator.gather(loss)
+    if not bool(torch.isfinite(loss).all()):
+        raise TrainingDivergedError(diverged_message(args, step, f"the loss is {loss.tolist()}"))
 
 
 # --------------------------------------------------------------------- evaluate and save
@@ -324,13 +390,27 @@ def save_run(args: TrainingArguments, accelerator: Accelerator, model: FactorCLM
     ``results.json``, ``train_log.jsonl``, and the push to the Hub if asked."""
     output_dir = Path(args.output_dir)
     card = training_model_card(model, args, results, data.source)
-    results["model_dir"] = str(save_pretrained_atomically(model, processor, output_dir / "model", card=card))
+    results["model_dir"] = str(save_model_or_fallback(model, processor, output_dir / "model", card))
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in loss_log.records))
     if args.push_to_hub:
-        if not args.hub_model_id:
-            raise ValueError("`hub_model_id` is required with --push_to_hub")
         log.info("Pushed to %s", push_to_hub(model, processor, args.hub_model_id, card))
+
+
+def save_model_or_fallback(model: FactorCLModel, processor, target: Path, card) -> Path:
+    """Save to ``target``; if that fails, save to a new folder in the system's temporary
+    directory and raise an error naming both, so the trained weights are never lost."""
+    try:
+        return save_pretrained_atomically(model, processor, target, card=card)
+    except OSError as error:
+        fallback = Path(tempfile.mkdtemp(prefix="factorcl-unsaved-model-"))
+        try:
+            save_pretrained_atomically(model, processor, fallback, card=card)
+        except OSError as second:
+            raise OSError(f"Saving the trained model to {str(target)!r} failed ({error}), and so did saving it "
+                          f"to {str(fallback)!r} ({second})") from error
+        raise OSError(f"Saving the trained model to {str(target)!r} failed ({error}); the trained model was "
+                      f"saved to {str(fallback)!r} instead") from error
 
 
 def training_model_card(model, args: TrainingArguments, results: dict, train_source):

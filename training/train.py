@@ -42,6 +42,7 @@ def train(args: TrainingArguments) -> TrainingRun:
     from training import loop
 
     loop.check_objective(args)
+    loop.check_output_paths(args)
     accelerator = loop.build_accelerator(args)
     data = loop.build_data(args, accelerator)
     model, processor = loop.build_model_and_processor(args, data.train, data.label_column)
@@ -54,9 +55,8 @@ def train(args: TrainingArguments) -> TrainingRun:
     critic_optimizer = critic_optimizers[0] if critic_optimizers else None
     unwrapped = accelerator.unwrap_model(model)
     state = loop.TrainState()
-    accelerator.register_for_checkpointing(state)
     if args.resume_from_checkpoint:
-        loop.resume(args, accelerator, state)
+        loop.resume(args, accelerator, state, model)
     if args.report_to != "none":
         accelerator.init_trackers("factorcl", config=loop.tracker_config(args))
 

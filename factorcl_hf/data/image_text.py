@@ -45,7 +45,14 @@ def load_image_text_dataset(
             raise ValueError(f"data file {str(path)!r} does not exist")
         if path.stat().st_size == 0:
             raise ValueError(f"data file {str(path)!r} is empty: need at least 2 rows for contrastive training")
-        loaded = datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path))
+        try:
+            loaded = datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path))
+        except Exception as error:  # noqa: BLE001 - pandas/pyarrow/datasets each raise their own
+            cause = error.__cause__ or error
+            raise ValueError(
+                f"data file {str(path)!r} cannot be read as {_LOCAL_FORMATS[path.suffix]}: it is empty or malformed "
+                f"({type(cause).__name__}: {cause})"
+            ) from error
         # Relative image paths are relative to the file, not to the working directory.
         loaded = loaded.map(
             lambda row: {image_column: str(path.parent / row[image_column]) if row.get(image_column) else None}
@@ -59,6 +66,7 @@ def load_image_text_dataset(
         loaded = loaded[split]
     for name, part in loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(split, loaded)]:
         check_columns(part, image_column, caption_column, label_column, where=f"{source} [{name}]")
+        check_values(part, caption_column, label_column, where=f"{source} [{name}]")
     return loaded
 
 
@@ -75,6 +83,39 @@ def check_columns(dataset, image_column: str, caption_column: str, label_column:
             )
     if len(dataset) == 0:
         raise ValueError(f"{where} is empty: need at least 2 rows for contrastive training")
+
+
+def check_values(dataset, caption_column: str, label_column: str | None, where: str = "dataset"):
+    """Raise ``ValueError`` naming the column, row and value of the first empty caption, and
+    of the first label that is not a class id (a missing or NaN label, a fraction such as 0.7
+    that would otherwise be floored, a negative number, a string not encoded as a
+    ``ClassLabel``)."""
+    for row, caption in enumerate(dataset[caption_column]):
+        if caption is None or not str(caption).strip():
+            raise ValueError(f"{where}: row {row} of column {caption_column!r} (`caption_column`) is empty ({caption!r})")
+    if label_column is None:
+        return
+    for row, label in enumerate(dataset[label_column]):
+        problem = _label_problem(label)
+        if problem:
+            raise ValueError(
+                f"{where}: row {row} of column {label_column!r} (`label_column`) is {label!r}, {problem}. Labels must "
+                "be integer class ids >= 0 (or strings encoded with `Dataset.class_encode_column`)"
+            )
+
+
+def _label_problem(label) -> str | None:
+    if label is None or (isinstance(label, float) and label != label):
+        return "a missing label"
+    if isinstance(label, bool) or not isinstance(label, (int, float)):
+        return f"a {type(label).__name__}, not an integer"
+    if isinstance(label, float) and label in (float("inf"), float("-inf")):
+        return "infinite"
+    if label != int(label):
+        return "not an integer (it would be floored)"
+    if label < 0:
+        return "negative"
+    return None
 
 
 def drop_undecodable_images(dataset, image_column: str = "image"):

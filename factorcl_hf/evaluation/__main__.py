@@ -242,13 +242,19 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, evaluate, print the table, write ``--out``; returns the results record."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.out and Path(args.out).is_dir():
+        # Checked before the model loads and the evaluation runs, not when the results are written.
+        parser.error(f"--out {args.out!r} is a directory; give a file path such as {os.path.join(args.out, 'results.json')!r}")
 
     import torch
     from transformers import AutoModel, AutoProcessor
 
     import factorcl_hf  # noqa: F401  (registers the "factorcl" model type with AutoModel)
 
+    from ..integrity import check_model_path
+
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_model_path(args.model)
     model = AutoModel.from_pretrained(args.model).to(args.device).eval()
     processor = AutoProcessor.from_pretrained(args.model)
     try:
