@@ -30,3 +30,17 @@ def test_demo_reports_what_its_saved_model_gives(tmp_path):
         reported = {k: v for k, v in saved[objective].items() if k in metrics}
         assert set(reported) == {"probe_acc", "backbone_probe_acc", "retrieval_r1", "retrieval_r5", "retrieval_match_r1"}
         assert reported == {k: metrics[k] for k in reported}, objective
+
+
+@pytest.mark.slow
+def test_demo_with_several_seeds_reports_each_seed_and_their_mean(tmp_path, capsys):
+    results = main(["--output_dir", str(tmp_path), "--max_train_steps", "2", "--num_train_samples", "60",
+                    "--disable_tqdm", "--objectives", "simclr", "--seeds", "0", "1"])
+    per_seed = results["simclr"]["seeds"]
+    assert sorted(per_seed) == [0, 1]
+    for key in ("probe_acc", "retrieval_match_r1", "retrieval_r1"):
+        values = [per_seed[s][key] for s in (0, 1)]
+        assert results["simclr"][key] == pytest.approx(sum(values) / 2)
+        assert results["simclr"][f"{key}_std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    assert (tmp_path / "seed_1" / "simclr" / "model" / "config.json").exists()
+    assert "shared-content R@1" in capsys.readouterr().out
