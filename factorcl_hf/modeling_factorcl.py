@@ -84,14 +84,38 @@ class FactorCLPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
 
     def _init_weights(self, module):
-        # The objective's layers keep PyTorch's default initialization (the CLIP backbone
-        # initializes itself); `init.*` skips weights that were loaded from a checkpoint.
+        # The objective's layers keep PyTorch's default initialization; the backbone's modules
+        # are dispatched to the backbone's own `_init_weights` (see `initialize_weights`).
+        # `init.*` skips weights that were loaded from a checkpoint.
         if isinstance(module, nn.Linear):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 bound = 1 / math.sqrt(module.weight.shape[1])
                 init.uniform_(module.bias, -bound, bound)
+        elif isinstance(getattr(module, "clip", None), CLIPModel):
+            # CLIP's `_init_weights` leaves its logit scale to `__init__`, which a load on the meta
+            # device skips: without this a checkpoint lacking it gets uninitialised memory.
+            init.constant_(module.clip.logit_scale, module.clip.config.logit_scale_init_value)
 
+    @torch.no_grad()
+    @init.guard_torch_init_functions()
+    def initialize_weights(self):
+        """Initialize every weight not loaded from a checkpoint, each sub-model with its own
+        `_init_weights`.
+
+        `PreTrainedModel.initialize_weights` treats classes defined outside transformers as
+        custom code and then skips every module without parameters of its own — CLIP's attention
+        and MLP blocks, whose `_init_weights` set their layers' std — leaving those layers at the
+        generic std 0.02. Every `_init_weights` here uses the guarded `init.*` functions, which
+        is what that check protects, so the dispatch runs without it.
+        """
+
+        def dispatch(module: nn.Module, fn) -> None:
+            for child in module.children():
+                dispatch(child, child._initialize_weights if isinstance(child, PreTrainedModel) else fn)
+            fn(module, False)
+
+        dispatch(self, self._initialize_weights)
 
 class FactorCLModel(FactorCLPreTrainedModel):
     """A CLIP backbone with a FactorCL objective over its image and text embeddings.
@@ -108,10 +132,7 @@ class FactorCLModel(FactorCLPreTrainedModel):
             "AutoModelForZeroShotImageClassification": "modeling_factorcl.FactorCLModel",
         }
         self.clip = CLIPModel._from_config(config.clip_config)
-        # Logits come from the objective's alignment critic; CLIP's own logit scale is kept
-        # for checkpoint compatibility but unused, so it is frozen (DDP requires every
-        # trainable parameter to receive a gradient).
-        self.clip.logit_scale.requires_grad_(False)
+        self._freeze_unused_backbone_parameters()
         dim = config.backbone_embed_dim
         self.objective: ContrastiveObjective = build_objective(
             config.objective,
@@ -136,12 +157,24 @@ class FactorCLModel(FactorCLPreTrainedModel):
         with a clear error for a corrupted weights file."""
         kwargs.setdefault("use_safetensors", True)
         try:
-            return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         except SafetensorError as error:
             raise ValueError(
                 f"The weights of {str(pretrained_model_name_or_path)!r} cannot be read as safetensors "
                 f"({error}): the checkpoint is corrupted or incomplete"
             ) from error
+        # Loading replaces the parameters (trainable again): freeze as `__init__` does.
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model._freeze_unused_backbone_parameters()
+        return loaded
+
+    def _freeze_unused_backbone_parameters(self) -> None:
+        """Logits come from the objective's alignment critic; the backbone's own logit scale
+        (and bias) are kept for checkpoint compatibility but unused, so they are frozen: DDP
+        requires every trainable parameter to receive a gradient."""
+        for name in ("logit_scale", "logit_bias"):
+            if isinstance(getattr(self.clip, name, None), nn.Parameter):
+                getattr(self.clip, name).requires_grad_(False)
 
     @classmethod
     def from_clip(cls, clip: str | os.PathLike | CLIPModel, **config_overrides) -> FactorCLModel:
