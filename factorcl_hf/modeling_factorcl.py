@@ -30,7 +30,11 @@ class FactorCLEmbeddings(ModelOutput):
     Args:
         pooler_output: the default embedding for retrieval and zero-shot use — the shared
             alignment embedding that `logits_per_image` compares (as in CLIP, where
-            `pooler_output` of `get_image_features` is the projected embedding).
+            `pooler_output` of `get_image_features` is the projected embedding). It comes first,
+            so `outputs[0]` (what the feature-extraction pipelines read) is this embedding.
+        last_hidden_state: the backbone tower's last hidden states `[batch, seq_len, hidden]`.
+        hidden_states / attentions: every layer's, when `output_hidden_states` /
+            `output_attentions` (attentions need `attn_implementation="eager"`).
         shared_embeds: Z_S, the shared representation.
         unique_embeds: Z_U, the modality-unique representation (`None` for objectives that do
             not factorize).
@@ -39,6 +43,9 @@ class FactorCLEmbeddings(ModelOutput):
     """
 
     pooler_output: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     shared_embeds: torch.FloatTensor | None = None
     unique_embeds: torch.FloatTensor | None = None
     factorized_embeds: torch.FloatTensor | None = None
@@ -82,6 +89,12 @@ class FactorCLPreTrainedModel(PreTrainedModel):
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+    # The attention implementations are the backbone's (the heads and critics have no
+    # attention); as in CLIPModel, the choice propagates to the backbone's sub-configs.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     def _init_weights(self, module):
         # The objective's layers keep PyTorch's default initialization; the backbone's modules
@@ -209,34 +222,83 @@ class FactorCLModel(FactorCLPreTrainedModel):
             raise ValueError(f"`{name}` has {input_ids.shape[1]} tokens; this model takes at most {max_len}")
 
     # ---------------------------------------------------------------- embedding
-    def _backbone(self, modality: str, **inputs) -> torch.Tensor:
-        if modality == "image":
-            return self.clip.get_image_features(**inputs).pooler_output
-        return self.clip.get_text_features(**inputs).pooler_output
+    def _output_options(self, method: str, output_attentions, output_hidden_states, return_dict, kwargs) -> dict:
+        """The output switches of a call, defaulting to the config's as in transformers; an
+        unknown keyword is refused rather than silently ignored."""
+        if kwargs:
+            raise TypeError(
+                f"FactorCLModel.{method}() got unexpected keyword argument(s) {', '.join(map(repr, sorted(kwargs)))}"
+            )
+        config = self.config
+        return dict(
+            output_attentions=config.output_attentions if output_attentions is None else output_attentions,
+            output_hidden_states=config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            return_dict=config.use_return_dict if return_dict is None else return_dict,
+        )
 
-    def _embeddings(self, modality: str, backbone: torch.Tensor) -> FactorCLEmbeddings:
-        rep: Representation = self.objective.represent(backbone, MODALITIES.index(modality))
+    def _backbone(self, modality: str, output_attentions: bool, output_hidden_states: bool, **inputs):
+        """The backbone tower's output; `pooler_output` is its projected embedding."""
+        features = self.clip.get_image_features if modality == "image" else self.clip.get_text_features
+        return features(
+            **inputs, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True
+        )
+
+    def _embeddings(self, modality: str, backbone, rows: int | None = None) -> FactorCLEmbeddings:
+        """The objective's embeddings over the backbone's output (its first `rows` rows: the
+        original views of a batch that also holds augmented ones)."""
+
+        def head(t):
+            return t[:rows] if rows is not None else t
+
+        embeds = head(backbone.pooler_output)
+        rep: Representation = self.objective.represent(embeds, MODALITIES.index(modality))
+        layers = {
+            name: tuple(head(t) for t in getattr(backbone, name))
+            for name in ("hidden_states", "attentions")
+            if getattr(backbone, name, None) is not None
+        }
         return FactorCLEmbeddings(
             pooler_output=rep.alignment,
+            last_hidden_state=head(backbone.last_hidden_state),
             shared_embeds=rep.shared,
             unique_embeds=rep.unique,
             factorized_embeds=rep.factorized,
-            backbone_embeds=backbone,
+            backbone_embeds=embeds,
+            **layers,
         )
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> FactorCLEmbeddings:
-        """Shared, unique and backbone embeddings of a batch of images."""
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> FactorCLEmbeddings | tuple:
+        """Shared, unique and backbone embeddings of a batch of images (a tuple in field order
+        with `return_dict=False`)."""
+        options = self._output_options("get_image_features", output_attentions, output_hidden_states, return_dict, kwargs)
+        return_dict = options.pop("return_dict")
         self._check_pixels("pixel_values", pixel_values)
-        return self._embeddings("image", self._backbone("image", pixel_values=pixel_values, **kwargs))
+        out = self._embeddings("image", self._backbone("image", pixel_values=pixel_values, **options))
+        return out if return_dict else out.to_tuple()
 
     def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> FactorCLEmbeddings:
-        """Shared, unique and backbone embeddings of a batch of tokenized texts."""
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> FactorCLEmbeddings | tuple:
+        """Shared, unique and backbone embeddings of a batch of tokenized texts (a tuple in
+        field order with `return_dict=False`)."""
+        options = self._output_options("get_text_features", output_attentions, output_hidden_states, return_dict, kwargs)
+        return_dict = options.pop("return_dict")
         self._check_tokens("input_ids", input_ids)
-        return self._embeddings(
-            "text", self._backbone("text", input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        )
+        out = self._embeddings("text", self._backbone("text", input_ids=input_ids, attention_mask=attention_mask, **options))
+        return out if return_dict else out.to_tuple()
 
     def _text_with_views(self, input_ids, attention_mask, augmented_input_ids, augmented_attention_mask):
         """Pad the original and augmented token batches to one length and stack them, so the
@@ -255,6 +317,21 @@ class FactorCLModel(FactorCLPreTrainedModel):
         mask = torch.cat([pad(attention_mask, 0), pad(augmented_attention_mask, 0)])
         return ids, mask
 
+    def _check_training_inputs(self, input_ids, pixel_values, labels, augmented_pixel_values, augmented_input_ids):
+        if pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"`pixel_values` has batch size {pixel_values.shape[0]} but `input_ids` has "
+                f"{input_ids.shape[0]}: training pairs must align"
+            )
+        if self.config.uses_augmented_views:
+            self._check_pixels("augmented_pixel_values", augmented_pixel_values)
+            self._check_tokens("augmented_input_ids", augmented_input_ids)
+            for name, t in (("augmented_pixel_values", augmented_pixel_values), ("augmented_input_ids", augmented_input_ids)):
+                if t.shape[0] != input_ids.shape[0]:
+                    raise ValueError(f"`{name}` has batch size {t.shape[0]}, expected {input_ids.shape[0]}")
+        if self.config.is_supervised and labels is None:
+            raise ValueError(f"`labels` are required to train objective {self.config.objective!r}")
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -265,8 +342,11 @@ class FactorCLModel(FactorCLPreTrainedModel):
         augmented_input_ids: torch.LongTensor | None = None,
         augmented_attention_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> FactorCLOutput:
+    ) -> FactorCLOutput | FactorCLEmbeddings | tuple:
         r"""
         Args:
             input_ids, attention_mask: tokenized captions `[batch, seq_len]`.
@@ -275,26 +355,25 @@ class FactorCLModel(FactorCLPreTrainedModel):
             augmented_pixel_values, augmented_input_ids, augmented_attention_mask: an augmented
                 view of each pair, for self-supervised FactorCL and Cross+Self.
             return_loss: compute the loss (default: when labels or augmented views are given).
+            output_attentions, output_hidden_states: return the backbone towers' attentions /
+                hidden states in `image_embeds` / `text_embeds` (default: the config's).
+            return_dict: a `FactorCLOutput` (default) or its `to_tuple()`.
+
+        A call with one modality only (texts or images, as the feature-extraction pipelines
+        make) returns that modality's [`FactorCLEmbeddings`], as `get_*_features` does.
         """
+        options = self._output_options("forward", output_attentions, output_hidden_states, return_dict, kwargs)
+        return_dict = options.pop("return_dict")
+        one_modality = self._one_modality(input_ids, pixel_values, attention_mask, labels, return_loss, options)
+        if one_modality is not None:
+            return one_modality if return_dict else one_modality.to_tuple()
         self._check_pixels("pixel_values", pixel_values)
         self._check_tokens("input_ids", input_ids)
         if return_loss is None:
             return_loss = labels is not None or augmented_pixel_values is not None
         use_views = return_loss and self.config.uses_augmented_views
         if return_loss:
-            if pixel_values.shape[0] != input_ids.shape[0]:
-                raise ValueError(
-                    f"`pixel_values` has batch size {pixel_values.shape[0]} but `input_ids` has "
-                    f"{input_ids.shape[0]}: training pairs must align"
-                )
-            if use_views:
-                self._check_pixels("augmented_pixel_values", augmented_pixel_values)
-                self._check_tokens("augmented_input_ids", augmented_input_ids)
-                for name, t in (("augmented_pixel_values", augmented_pixel_values), ("augmented_input_ids", augmented_input_ids)):
-                    if t.shape[0] != input_ids.shape[0]:
-                        raise ValueError(f"`{name}` has batch size {t.shape[0]}, expected {input_ids.shape[0]}")
-            if self.config.is_supervised and labels is None:
-                raise ValueError(f"`labels` are required to train objective {self.config.objective!r}")
+            self._check_training_inputs(input_ids, pixel_values, labels, augmented_pixel_values, augmented_input_ids)
 
         # One backbone call per tower, original and augmented views together.
         batch = input_ids.shape[0]
@@ -304,25 +383,25 @@ class FactorCLModel(FactorCLPreTrainedModel):
             ids, mask = self._text_with_views(input_ids, attention_mask, augmented_input_ids, augmented_attention_mask)
         else:
             pixels, ids, mask = pixel_values, input_ids, attention_mask
-        image_backbone = self._backbone("image", pixel_values=pixels)
-        text_backbone = self._backbone("text", input_ids=ids, attention_mask=mask)
+        image_backbone = self._backbone("image", pixel_values=pixels, **options)
+        text_backbone = self._backbone("text", input_ids=ids, attention_mask=mask, **options)
 
-        image_embeds = self._embeddings("image", image_backbone[:n_images])
-        text_embeds = self._embeddings("text", text_backbone[:batch])
+        image_embeds = self._embeddings("image", image_backbone, n_images)
+        text_embeds = self._embeddings("text", text_backbone, batch)
         logits_per_image = self.objective.alignment_critic(image_embeds.pooler_output, text_embeds.pooler_output)
 
         loss = critic_loss = loss_terms = critic_inputs = None
         if return_loss:
             out = self.objective(
-                image_backbone[:n_images],
-                text_backbone[:batch],
+                image_embeds.backbone_embeds,
+                text_embeds.backbone_embeds,
                 labels=labels,
-                augmented_1=image_backbone[n_images:] if use_views else None,
-                augmented_2=text_backbone[batch:] if use_views else None,
+                augmented_1=image_backbone.pooler_output[n_images:] if use_views else None,
+                augmented_2=text_backbone.pooler_output[batch:] if use_views else None,
                 compute_critic_loss=self.training,
             )
             loss, critic_loss, loss_terms, critic_inputs = out.loss, out.critic_loss, out.loss_terms, out.critic_inputs
-        return FactorCLOutput(
+        output = FactorCLOutput(
             loss=loss,
             critic_loss=critic_loss,
             loss_terms=loss_terms,
@@ -332,6 +411,18 @@ class FactorCLModel(FactorCLPreTrainedModel):
             text_embeds=text_embeds,
             critic_inputs=critic_inputs,
         )
+        return output if return_dict else output.to_tuple()
+
+    def _one_modality(self, input_ids, pixel_values, attention_mask, labels, return_loss, options):
+        """The embeddings of the one modality given, or `None` when both are (or none is)."""
+        if (input_ids is None) == (pixel_values is None):
+            return None
+        if return_loss or labels is not None:
+            missing = "pixel_values" if pixel_values is None else "input_ids"
+            raise ValueError(f"`{missing}` is required to compute the loss (image-text pairs)")
+        if pixel_values is not None:
+            return self.get_image_features(pixel_values, **options, return_dict=True)
+        return self.get_text_features(input_ids, attention_mask, **options, return_dict=True)
 
     # ------------------------------------------------------ CLUB-critic training
     def critic_loss(self, outputs: FactorCLOutput) -> torch.Tensor | None:

@@ -110,3 +110,98 @@ def test_two_process_training_from_a_clip_folder(tmp_path, tokenizer, clip_confi
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "out" / "model" / "model.safetensors").exists()
+
+
+# -------------------------------------------------------- item 1: attention implementations
+def test_sdpa_and_eager_load_and_agree(tmp_path, clip_config, batch):
+    make_model(clip_config).save_pretrained(tmp_path)
+    logits = {}
+    for implementation in ("sdpa", "eager"):
+        model = FactorCLModel.from_pretrained(tmp_path, attn_implementation=implementation).eval()
+        assert model.config._attn_implementation == implementation
+        assert model.clip.text_model.config._attn_implementation == implementation
+        assert model.clip.vision_model.config._attn_implementation == implementation
+        with torch.no_grad():
+            logits[implementation] = model(**batch).logits_per_image
+    assert (logits["sdpa"] - logits["eager"]).abs().max().item() < 1e-5
+    model.set_attn_implementation("sdpa")
+    assert model.clip.vision_model.config._attn_implementation == "sdpa"
+
+
+# ------------------------------------------------------------- items 2, 3: output contract
+def test_return_dict_false_gives_the_tuple_of_the_output(clip_config, batch):
+    model = make_model(clip_config).eval()
+    with torch.no_grad():
+        full = model(**batch)
+        as_tuple = model(**batch, return_dict=False)
+        model.config.return_dict = False
+        by_config = model(**batch)
+    for got in (as_tuple, by_config):
+        assert isinstance(got, tuple)
+        assert torch.equal(got[0], full.logits_per_image)
+        assert torch.equal(got[2][0], full.image_embeds.pooler_output)
+
+
+@pytest.mark.parametrize("method", ["forward", "get_image_features", "get_text_features"])
+def test_unknown_keywords_are_refused_by_name(clip_config, batch, method):
+    model = make_model(clip_config)
+    inputs = {"forward": batch, "get_image_features": {"pixel_values": batch["pixel_values"]},
+              "get_text_features": {"input_ids": batch["input_ids"]}}[method]
+    with pytest.raises(TypeError, match=f"{method}\\(\\) got unexpected keyword argument\\(s\\) 'output_hiden_states'"):
+        getattr(model, method)(**inputs, output_hiden_states=True)
+
+
+def test_hidden_states_and_attentions_reach_the_caller(clip_config, batch):
+    model = make_model(clip_config, objective="factorcl_ssl").eval()
+    model.set_attn_implementation("eager")
+    augmented = dict(augmented_pixel_values=batch["pixel_values"].flip(-1), augmented_input_ids=batch["input_ids"])
+    with torch.no_grad():
+        out = model(**batch, **augmented, return_loss=True, output_hidden_states=True, output_attentions=True)
+        plain = model(**batch)
+    layers = clip_config.text_config.num_hidden_layers
+    n = batch["input_ids"].shape[0]
+    for embeds in (out.image_embeds, out.text_embeds):
+        assert len(embeds.hidden_states) == layers + 1 and len(embeds.attentions) == layers
+        # Only the original views, though the augmented ones ran in the same backbone call.
+        assert all(h.shape[0] == n for h in embeds.hidden_states + embeds.attentions)
+    assert plain.image_embeds.hidden_states is None and plain.text_embeds.attentions is None
+    assert out.text_embeds.hidden_states[-1].shape == plain.text_embeds.last_hidden_state.shape
+
+
+@pytest.mark.parametrize("return_dict", [True, False])
+def test_get_features_follow_the_v5_contract(clip_config, batch, return_dict):
+    model = make_model(clip_config).eval()
+    with torch.no_grad():
+        image = model.get_image_features(batch["pixel_values"], return_dict=return_dict)
+        text = model.get_text_features(batch["input_ids"], batch["attention_mask"], return_dict=return_dict)
+        clip_image = model.clip.get_image_features(pixel_values=batch["pixel_values"])
+        clip_text = model.clip.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    if not return_dict:
+        assert isinstance(image, tuple) and isinstance(text, tuple)
+        assert image[0].shape == (len(CAPTIONS), SMALL_HEADS["head_dim"])
+        assert torch.equal(image[1], clip_image.last_hidden_state)
+        return
+    assert torch.equal(image.last_hidden_state, clip_image.last_hidden_state)
+    assert torch.equal(text.last_hidden_state, clip_text.last_hidden_state)
+    assert torch.equal(image.backbone_embeds, clip_image.pooler_output)
+    assert image.factorized_embeds.shape[1] == 5 * SMALL_HEADS["head_dim"]
+
+
+# --------------------------------------------------------- item 6: feature-extraction pipelines
+def test_feature_extraction_pipelines_give_the_pooler_output(tmp_path, tokenizer, clip_config):
+    from transformers import pipeline
+
+    model = make_model(clip_config).eval()
+    processor = tiny_clip_processor(tokenizer, 32)
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)) for _ in range(2)]
+    texts = pipeline("feature-extraction", model=model, tokenizer=processor.tokenizer, return_tensors=True)(CAPTIONS[:2])
+    pictures = pipeline("image-feature-extraction", model=model, image_processor=processor.image_processor,
+                        return_tensors=True)(images)
+    with torch.no_grad():
+        for text, caption in zip(texts, CAPTIONS):
+            tokens = processor.tokenizer([caption], return_tensors="pt")
+            torch.testing.assert_close(text, model.get_text_features(**tokens).pooler_output)
+        for picture, image in zip(pictures, images):
+            pixels = processor.image_processor([image], return_tensors="pt")["pixel_values"]
+            torch.testing.assert_close(picture, model.get_image_features(pixels).pooler_output)
