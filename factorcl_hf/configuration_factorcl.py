@@ -166,6 +166,16 @@ class FactorCLConfig(PreTrainedConfig):
         return super().from_dict(config_dict, **kwargs)
 
     @property
+    def text_config(self):
+        """The backbone's text tower config (as on `CLIPConfig`: code written for CLIP reads it)."""
+        return self.clip_config.text_config
+
+    @property
+    def vision_config(self):
+        """The backbone's vision tower config (as on `CLIPConfig`)."""
+        return self.clip_config.vision_config
+
+    @property
     def backbone_embed_dim(self) -> int:
         """Size of the backbone embeddings the heads read (CLIP's projection size)."""
         return self.clip_config.projection_dim

@@ -14,6 +14,7 @@ from safetensors import SafetensorError
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .configuration_factorcl import FactorCLConfig
@@ -66,6 +67,9 @@ class FactorCLOutput(ModelOutput):
         logits_per_text: its transpose.
         image_embeds / text_embeds: the [`FactorCLEmbeddings`] of each modality.
         critic_inputs: detached feature pairs the CLUB critics train on.
+        text_model_output / vision_model_output: the backbone towers' outputs (last hidden
+            state, projected `pooler_output`, and hidden states / attentions when asked for),
+            named as in `CLIPOutput`; the same tensors as in `text_embeds` / `image_embeds`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -76,9 +80,20 @@ class FactorCLOutput(ModelOutput):
     image_embeds: FactorCLEmbeddings | None = None
     text_embeds: FactorCLEmbeddings | None = None
     critic_inputs: dict[str, Any] | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
 
     def to_tuple(self) -> tuple[Any]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+def _tower_output(embeds: FactorCLEmbeddings) -> BaseModelOutputWithPooling:
+    return BaseModelOutputWithPooling(
+        last_hidden_state=embeds.last_hidden_state,
+        pooler_output=embeds.backbone_embeds,
+        hidden_states=embeds.hidden_states,
+        attentions=embeds.attentions,
+    )
 
 
 class FactorCLPreTrainedModel(PreTrainedModel):
@@ -248,7 +263,8 @@ class FactorCLModel(FactorCLPreTrainedModel):
         original views of a batch that also holds augmented ones)."""
 
         def head(t):
-            return t[:rows] if rows is not None else t
+            # Layers left out of a selective `output_hidden_states=[...]` are None.
+            return t[:rows] if rows is not None and t is not None else t
 
         embeds = head(backbone.pooler_output)
         rep: Representation = self.objective.represent(embeds, MODALITIES.index(modality))
@@ -378,11 +394,10 @@ class FactorCLModel(FactorCLPreTrainedModel):
         # One backbone call per tower, original and augmented views together.
         batch = input_ids.shape[0]
         n_images = pixel_values.shape[0]
+        pixels, ids, mask = pixel_values, input_ids, attention_mask
         if use_views:
             pixels = torch.cat([pixel_values, augmented_pixel_values])
             ids, mask = self._text_with_views(input_ids, attention_mask, augmented_input_ids, augmented_attention_mask)
-        else:
-            pixels, ids, mask = pixel_values, input_ids, attention_mask
         image_backbone = self._backbone("image", pixel_values=pixels, **options)
         text_backbone = self._backbone("text", input_ids=ids, attention_mask=mask, **options)
 
@@ -393,9 +408,7 @@ class FactorCLModel(FactorCLPreTrainedModel):
         loss = critic_loss = loss_terms = critic_inputs = None
         if return_loss:
             out = self.objective(
-                image_embeds.backbone_embeds,
-                text_embeds.backbone_embeds,
-                labels=labels,
+                image_embeds.backbone_embeds, text_embeds.backbone_embeds, labels=labels,
                 augmented_1=image_backbone.pooler_output[n_images:] if use_views else None,
                 augmented_2=text_backbone.pooler_output[batch:] if use_views else None,
                 compute_critic_loss=self.training,
@@ -410,6 +423,8 @@ class FactorCLModel(FactorCLPreTrainedModel):
             image_embeds=image_embeds,
             text_embeds=text_embeds,
             critic_inputs=critic_inputs,
+            text_model_output=_tower_output(text_embeds),
+            vision_model_output=_tower_output(image_embeds),
         )
         return output if return_dict else output.to_tuple()
 
