@@ -6,7 +6,8 @@ import copy
 from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
-from transformers import CLIPConfig, PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 from .estimators import CRITIC_TYPES
 
@@ -44,6 +45,8 @@ OBJECTIVE_REGISTRY: dict[str, ObjectiveSpec] = {
                       supervised=True, augmented_views=False, factorized=True),
         ObjectiveSpec("simclr", "SimCLR", "the cross-modal InfoNCE (CLIP) loss, which keeps shared information only",
                       supervised=False, augmented_views=False, factorized=False),
+        ObjectiveSpec("siglip", "SigLIP", "SigLIP's pairwise sigmoid loss, which keeps shared information only",
+                      supervised=False, augmented_views=False, factorized=False),
         ObjectiveSpec("supcon", "SupCon", "the supervised contrastive loss over both modalities' embeddings",
                       supervised=True, augmented_views=False, factorized=False),
         ObjectiveSpec("cross_self", "Cross+Self", "cross-modal InfoNCE plus InfoNCE between each sample and its augmented view",
@@ -55,6 +58,8 @@ OBJECTIVE_REGISTRY: dict[str, ObjectiveSpec] = {
     )
 }
 OBJECTIVES = tuple(OBJECTIVE_REGISTRY)
+# Dual encoders that can serve as the backbone (`clip_config.model_type`).
+BACKBONE_TYPES = ("clip", "siglip")
 # Training hyperparameters that configs saved by earlier versions hold (see `from_dict`).
 _TRAINING_KEYS = ("club_critic_steps", "critic_learning_rate")
 
@@ -75,8 +80,9 @@ class FactorCLConfig(PreTrainedConfig):
     (`training/arguments.py`).
 
     Args:
-        clip_config (`dict` or `CLIPConfig`, *optional*):
-            The backbone's configuration (default: CLIP ViT-B/32's shape).
+        clip_config (`dict`, `CLIPConfig` or `SiglipConfig`, *optional*):
+            The backbone's configuration (default: CLIP ViT-B/32's shape); its `model_type`
+            records the backbone family (`backbone_type`).
         objective (`str`, defaults to `"factorcl_ssl"`):
             One of `factorcl_ssl`, `factorcl_sup` (the six-term FactorCL objectives), `simclr`
             (the CLIP loss), `supcon`, `cross_self`, `ourcl_ssl`, `ourcl_sup` (FactorCL without
@@ -112,9 +118,10 @@ class FactorCLConfig(PreTrainedConfig):
     """
 
     model_type = "factorcl"
-    sub_configs_defaults = {"clip_config": CLIPConfig}
+    # The backbone is any supported dual encoder, resolved by its `model_type` (default CLIP).
+    sub_configs_defaults = {"clip_config": SubConfigSpec(AutoConfig, model_type="clip")}
 
-    clip_config: dict | CLIPConfig | None = None
+    clip_config: dict | PreTrainedConfig | None = None
     objective: str = "factorcl_ssl"
     head_dim: int = 64
     head_hidden_dim: int = 256
@@ -129,13 +136,18 @@ class FactorCLConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         # Own a copy of a given CLIPConfig: model construction sets attributes on it (e.g. the
         # attention implementation), which must not leak into the caller's live CLIP model.
-        if isinstance(self.clip_config, CLIPConfig):
+        if isinstance(self.clip_config, PreTrainedConfig):
             self.clip_config = copy.deepcopy(self.clip_config)
         super().__post_init__(**kwargs)
 
     def validate_architecture(self):
         """Part of `@strict` validation: every value checked with a message naming it."""
         spec = objective_spec(self.objective)
+        if self.backbone_type not in BACKBONE_TYPES:
+            raise ValueError(
+                f"`clip_config` must configure one of the supported backbones {BACKBONE_TYPES}, "
+                f"got model type {self.backbone_type!r}"
+            )
         if self.critic_type not in ("concat", "separable"):
             raise ValueError(f"`critic_type` must be 'concat' or 'separable', got {self.critic_type!r}")
         if self.alignment_critic_type not in CRITIC_TYPES:
@@ -176,8 +188,16 @@ class FactorCLConfig(PreTrainedConfig):
         return self.clip_config.vision_config
 
     @property
+    def backbone_type(self) -> str:
+        """The backbone family (`"clip"` or `"siglip"`), recorded as `clip_config.model_type`."""
+        return self.clip_config.model_type
+
+    @property
     def backbone_embed_dim(self) -> int:
-        """Size of the backbone embeddings the heads read (CLIP's projection size)."""
+        """Size of the backbone embeddings the heads read: CLIP's projection size; SigLIP's
+        vision width (its text head projects to the same size)."""
+        if self.backbone_type == "siglip":
+            return self.clip_config.vision_config.hidden_size
         return self.clip_config.projection_dim
 
     @property
@@ -191,4 +211,4 @@ class FactorCLConfig(PreTrainedConfig):
         return objective_spec(self.objective).augmented_views
 
 
-__all__ = ["FactorCLConfig", "ObjectiveSpec", "OBJECTIVE_REGISTRY", "OBJECTIVES", "objective_spec"]
+__all__ = ["BACKBONE_TYPES", "FactorCLConfig", "ObjectiveSpec", "OBJECTIVE_REGISTRY", "OBJECTIVES", "objective_spec"]

@@ -12,15 +12,17 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
-from transformers import CLIPConfig, CLIPModel, PreTrainedModel
+from transformers import AutoConfig, CLIPModel, PreTrainedModel, SiglipModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from .configuration_factorcl import FactorCLConfig
+from .configuration_factorcl import BACKBONE_TYPES, FactorCLConfig
 from .objectives import ContrastiveObjective, Representation, build_objective
 
 MODALITIES = ("image", "text")
+# The backbone model class of each supported `FactorCLConfig.backbone_type`.
+BACKBONE_CLASSES = {"clip": CLIPModel, "siglip": SiglipModel}
 
 
 @dataclass
@@ -103,7 +105,10 @@ class FactorCLPreTrainedModel(PreTrainedModel):
     base_model_prefix = "clip"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+    _no_split_modules = [
+        "CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings",
+        "SiglipTextEmbeddings", "SiglipEncoderLayer", "SiglipVisionEmbeddings", "SiglipMultiheadAttentionPoolingHead",
+    ]
     # The attention implementations are the backbone's (the heads and critics have no
     # attention); as in CLIPModel, the choice propagates to the backbone's sub-configs.
     _supports_sdpa = True
@@ -120,6 +125,10 @@ class FactorCLPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 bound = 1 / math.sqrt(module.weight.shape[1])
                 init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, ContrastiveObjective):
+            # Scalar parameters of an objective (SigLIP's logit scale and bias).
+            for name, value in getattr(module, "initial_values", {}).items():
+                init.constant_(getattr(module, name), value)
         elif isinstance(getattr(module, "clip", None), CLIPModel):
             # CLIP's `_init_weights` leaves its logit scale to `__init__`, which a load on the meta
             # device skips: without this a checkpoint lacking it gets uninitialised memory.
@@ -159,7 +168,9 @@ class FactorCLModel(FactorCLPreTrainedModel):
             **(getattr(config, "auto_map", None) or {}),
             "AutoModelForZeroShotImageClassification": "modeling_factorcl.FactorCLModel",
         }
-        self.clip = CLIPModel._from_config(config.clip_config)
+        # Named `clip` for either family: equal to `base_model_prefix`, so a plain CLIP or SigLIP
+        # checkpoint loads into it.
+        self.clip = BACKBONE_CLASSES[config.backbone_type]._from_config(config.clip_config)
         self._freeze_unused_backbone_parameters()
         dim = config.backbone_embed_dim
         self.objective: ContrastiveObjective = build_objective(
@@ -205,14 +216,28 @@ class FactorCLModel(FactorCLPreTrainedModel):
                 getattr(self.clip, name).requires_grad_(False)
 
     @classmethod
-    def from_clip(cls, clip: str | os.PathLike | CLIPModel, **config_overrides) -> FactorCLModel:
-        """Wrap an existing CLIP checkpoint (Hub id, local dir or `CLIPModel`) with fresh
-        FactorCL heads and critics; `config_overrides` set `FactorCLConfig` fields."""
-        if isinstance(clip, CLIPModel):
+    def from_clip(cls, clip: str | os.PathLike | PreTrainedModel, **config_overrides) -> FactorCLModel:
+        """Wrap an existing CLIP or SigLIP checkpoint (Hub id, local dir, or a `CLIPModel` /
+        `SiglipModel`) with fresh FactorCL heads and critics; `config_overrides` set
+        `FactorCLConfig` fields."""
+        if isinstance(clip, nn.Module):
+            if not isinstance(clip, tuple(BACKBONE_CLASSES.values())):
+                raise ValueError(
+                    f"`clip` must be one of {[c.__name__ for c in BACKBONE_CLASSES.values()]} (or a folder / Hub "
+                    f"id of one), got a {type(clip).__name__}"
+                )
             model = cls(FactorCLConfig(clip_config=clip.config, **config_overrides))
             model.clip.load_state_dict(clip.state_dict())
             return model
-        config = FactorCLConfig(clip_config=CLIPConfig.from_pretrained(clip), **config_overrides)
+        if not isinstance(clip, (str, os.PathLike)):
+            raise ValueError(f"`clip` must be a model, a folder or a Hub id, got {type(clip).__name__}")
+        backbone_config = AutoConfig.from_pretrained(clip)
+        if backbone_config.model_type not in BACKBONE_TYPES:
+            raise ValueError(
+                f"{str(clip)!r} holds a {backbone_config.model_type!r} model; `from_clip` wraps the dual encoders "
+                f"{BACKBONE_TYPES} (e.g. openai/clip-vit-base-patch32, google/siglip-base-patch16-224)"
+            )
+        config = FactorCLConfig(clip_config=backbone_config, **config_overrides)
         return cls.from_pretrained(clip, config=config)
 
     # --------------------------------------------------------------- validation
