@@ -1,9 +1,11 @@
 """transformers' own common model tests (`ModelTesterMixin`, `ConfigTester` of the installed
 version, see `tests/transformers_common.py`) on `FactorCLModel`, with a tester modelled on
-transformers' `CLIPModelTester`: a tiny FactorCL-SSL model, batches of 12 pairs with augmented
-views, `return_loss=True`.
+transformers' `CLIPModelTester`: a tiny FactorCL-SSL model on a CLIP backbone, batches of 12
+pairs with augmented views, `return_loss=True`; and the same tests on a SigLIP backbone with the
+`siglip` objective (`FactorCLSiglipModelTest`).
 
-Every skip, with its reason (transformers 5.24 on a CPU machine; 62 in all):
+Every skip, with its reason (transformers 5.24 on a CPU machine; 62 for CLIP, 61 for SigLIP,
+whose backbone has input embeddings, so the `enable_input_require_grads` check runs):
 - Skipped here as transformers' `CLIPModelTest` skips them, same reasons: hidden states,
   inputs_embeds and retain_grad are tested per tower; no input/output embeddings
   (`test_model_get_set_embeddings`; the mixin then also skips the gradient-checkpointing check of
@@ -31,7 +33,7 @@ import pytest
 import torch
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
-from factorcl_hf.testing_utils import tiny_clip_config
+from factorcl_hf.testing_utils import tiny_clip_config, tiny_siglip_config
 
 from transformers_common import load_common_tests
 
@@ -64,8 +66,8 @@ class _TowerTester:
 class FactorCLModelTester:
     """Tiny FactorCL-SSL models and training batches (pairs plus augmented views)."""
 
-    def __init__(self, parent, objective="factorcl_ssl", is_training=True):
-        self.parent, self.objective, self.is_training = parent, objective, is_training
+    def __init__(self, parent, objective="factorcl_ssl", is_training=True, backbone="clip"):
+        self.parent, self.objective, self.is_training, self.backbone = parent, objective, is_training, backbone
         self.with_loss = True
         self.batch_size, self.seq_length = BATCH, SEQ
         self.num_hidden_layers, self.num_attention_heads, self.hidden_size = LAYERS, HEADS, HIDDEN
@@ -74,10 +76,14 @@ class FactorCLModelTester:
         self.vision_model_tester = _TowerTester(self, self.image_inputs)
 
     def get_config(self):
-        clip = tiny_clip_config(VOCAB, bos_token_id=VOCAB - 2, eos_token_id=VOCAB - 1, pad_token_id=VOCAB - 1,
-                                image_size=IMAGE, patch_size=PATCH, hidden_size=HIDDEN, projection_dim=HIDDEN,
-                                num_layers=LAYERS, num_heads=HEADS, max_position_embeddings=SEQ + 5)
-        return FactorCLConfig(clip_config=clip, objective=self.objective, **HEAD_OPTIONS)
+        sizes = dict(bos_token_id=VOCAB - 2, eos_token_id=VOCAB - 1, pad_token_id=VOCAB - 1, image_size=IMAGE,
+                     patch_size=PATCH, hidden_size=HIDDEN, num_layers=LAYERS, num_heads=HEADS,
+                     max_position_embeddings=SEQ + 5)
+        if self.backbone == "siglip":
+            backbone = tiny_siglip_config(VOCAB, **sizes)
+        else:
+            backbone = tiny_clip_config(VOCAB, projection_dim=HIDDEN, **sizes)
+        return FactorCLConfig(clip_config=backbone, objective=self.objective, **HEAD_OPTIONS)
 
     def text_inputs(self):
         mask = random_attention_mask([BATCH, SEQ])
@@ -160,3 +166,14 @@ class FactorCLModelTest(ModelTesterMixin, unittest.TestCase):
                           "tests/test_modeling.py), not as the base model of a head checkpoint")
     def test_correct_missing_keys(self):
         pass
+
+
+class FactorCLSiglipModelTest(FactorCLModelTest):
+    """The same tests on a SigLIP backbone, with its own `siglip` sigmoid-loss objective (no
+    CLUB critics: every trainable parameter must get a gradient)."""
+
+    test_all_params_have_gradient = True
+
+    def setUp(self):
+        super().setUp()
+        self.model_tester = FactorCLModelTester(self, objective="siglip", backbone="siglip")
