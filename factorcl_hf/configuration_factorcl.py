@@ -6,7 +6,8 @@ import copy
 from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
-from transformers import CLIPConfig, PreTrainedConfig
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
 
 from .estimators import CRITIC_TYPES
 
@@ -43,6 +44,8 @@ OBJECTIVE_REGISTRY: dict[str, ObjectiveSpec] = {
         ObjectiveSpec("factorcl_sup", "FactorCL-SUP", f"{_SIX_BOUNDS} conditioned on the labels",
                       supervised=True, augmented_views=False, factorized=True),
         ObjectiveSpec("simclr", "SimCLR", "the cross-modal InfoNCE (CLIP) loss, which keeps shared information only",
+                      supervised=False, augmented_views=False, factorized=False),
+        ObjectiveSpec("siglip", "SigLIP", "SigLIP's pairwise sigmoid loss, which keeps shared information only",
                       supervised=False, augmented_views=False, factorized=False),
         ObjectiveSpec("supcon", "SupCon", "the supervised contrastive loss over both modalities' embeddings",
                       supervised=True, augmented_views=False, factorized=False),
@@ -123,6 +126,8 @@ def estimator_preset(name: str | None, objective: str = "factorcl_ssl") -> Estim
     if name not in ESTIMATOR_PRESETS:
         raise ValueError(f"`estimators` must be one of {tuple(ESTIMATOR_PRESETS)}, got {name!r}")
     return ESTIMATOR_PRESETS[name]
+# Dual encoders that can serve as the backbone (`clip_config.model_type`).
+BACKBONE_TYPES = ("clip", "siglip")
 # Training hyperparameters that configs saved by earlier versions hold (see `from_dict`).
 _TRAINING_KEYS = ("club_critic_steps", "critic_learning_rate")
 
@@ -150,8 +155,9 @@ class FactorCLConfig(PreTrainedConfig):
     (`training/arguments.py`).
 
     Args:
-        clip_config (`dict` or `CLIPConfig`, *optional*):
-            The backbone's configuration (default: CLIP ViT-B/32's shape).
+        clip_config (`dict`, `CLIPConfig` or `SiglipConfig`, *optional*):
+            The backbone's configuration (default: CLIP ViT-B/32's shape); its `model_type`
+            records the backbone family (`backbone_type`).
         objective (`str`, defaults to `"factorcl_ssl"`):
             One of `factorcl_ssl`, `factorcl_sup` (the six-term FactorCL objectives), `simclr`
             (the CLIP loss), `supcon`, `cross_self`, `ourcl_ssl`, `ourcl_sup` (FactorCL without
@@ -193,9 +199,10 @@ class FactorCLConfig(PreTrainedConfig):
     """
 
     model_type = "factorcl"
-    sub_configs_defaults = {"clip_config": CLIPConfig}
+    # The backbone is any supported dual encoder, resolved by its `model_type` (default CLIP).
+    sub_configs_defaults = {"clip_config": SubConfigSpec(AutoConfig, model_type="clip")}
 
-    clip_config: dict | CLIPConfig | None = None
+    clip_config: dict | PreTrainedConfig | None = None
     objective: str = "factorcl_ssl"
     head_dim: int = 64
     head_hidden_dim: int = 256
@@ -211,7 +218,7 @@ class FactorCLConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         # Own a copy of a given CLIPConfig: model construction sets attributes on it (e.g. the
         # attention implementation), which must not leak into the caller's live CLIP model.
-        if isinstance(self.clip_config, CLIPConfig):
+        if isinstance(self.clip_config, PreTrainedConfig):
             self.clip_config = copy.deepcopy(self.clip_config)
         super().__post_init__(**kwargs)
 
@@ -220,6 +227,11 @@ class FactorCLConfig(PreTrainedConfig):
         spec = objective_spec(self.objective)
         if self.estimators is not None:
             estimator_preset(self.estimators)
+        if self.backbone_type not in BACKBONE_TYPES:
+            raise ValueError(
+                f"`clip_config` must configure one of the supported backbones {BACKBONE_TYPES}, "
+                f"got model type {self.backbone_type!r}"
+            )
         if self.critic_type not in ("concat", "separable"):
             raise ValueError(f"`critic_type` must be 'concat' or 'separable', got {self.critic_type!r}")
         if self.alignment_critic_type not in CRITIC_TYPES:
@@ -272,8 +284,26 @@ class FactorCLConfig(PreTrainedConfig):
         return super().from_dict(config_dict, **kwargs)
 
     @property
+    def text_config(self):
+        """The backbone's text tower config (as on `CLIPConfig`: code written for CLIP reads it)."""
+        return self.clip_config.text_config
+
+    @property
+    def vision_config(self):
+        """The backbone's vision tower config (as on `CLIPConfig`)."""
+        return self.clip_config.vision_config
+
+    @property
+    def backbone_type(self) -> str:
+        """The backbone family (`"clip"` or `"siglip"`), recorded as `clip_config.model_type`."""
+        return self.clip_config.model_type
+
+    @property
     def backbone_embed_dim(self) -> int:
-        """Size of the backbone embeddings the heads read (CLIP's projection size)."""
+        """Size of the backbone embeddings the heads read: CLIP's projection size; SigLIP's
+        vision width (its text head projects to the same size)."""
+        if self.backbone_type == "siglip":
+            return self.clip_config.vision_config.hidden_size
         return self.clip_config.projection_dim
 
     @property
@@ -298,3 +328,4 @@ __all__ = [
     "DEFAULT_ESTIMATORS",
     "estimator_preset",
 ]
+__all__ = ["BACKBONE_TYPES", "FactorCLConfig", "ObjectiveSpec", "OBJECTIVE_REGISTRY", "OBJECTIVES", "objective_spec"]

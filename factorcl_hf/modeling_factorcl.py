@@ -14,15 +14,18 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
-from transformers import CLIPConfig, CLIPModel, PreTrainedModel
+from transformers import AutoConfig, CLIPModel, PreTrainedModel, SiglipModel
 from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
-from .configuration_factorcl import FactorCLConfig
+from .configuration_factorcl import BACKBONE_TYPES, FactorCLConfig
 from .integrity import check_finite, check_model_path, verify_checksums, write_checksums
 from .objectives import ContrastiveObjective, Representation, build_objective
 
 MODALITIES = ("image", "text")
+# The backbone model class of each supported `FactorCLConfig.backbone_type`.
+BACKBONE_CLASSES = {"clip": CLIPModel, "siglip": SiglipModel}
 logger = logging.getLogger(__name__)
 
 
@@ -34,7 +37,11 @@ class FactorCLEmbeddings(ModelOutput):
     Args:
         pooler_output: the default embedding for retrieval and zero-shot use — the shared
             alignment embedding that `logits_per_image` compares (as in CLIP, where
-            `pooler_output` of `get_image_features` is the projected embedding).
+            `pooler_output` of `get_image_features` is the projected embedding). It comes first,
+            so `outputs[0]` (what the feature-extraction pipelines read) is this embedding.
+        last_hidden_state: the backbone tower's last hidden states `[batch, seq_len, hidden]`.
+        hidden_states / attentions: every layer's, when `output_hidden_states` /
+            `output_attentions` (attentions need `attn_implementation="eager"`).
         shared_embeds: Z_S, the shared representation.
         unique_embeds: Z_U, the modality-unique representation (`None` for objectives that do
             not factorize).
@@ -43,6 +50,9 @@ class FactorCLEmbeddings(ModelOutput):
     """
 
     pooler_output: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     shared_embeds: torch.FloatTensor | None = None
     unique_embeds: torch.FloatTensor | None = None
     factorized_embeds: torch.FloatTensor | None = None
@@ -63,6 +73,9 @@ class FactorCLOutput(ModelOutput):
         logits_per_text: its transpose.
         image_embeds / text_embeds: the [`FactorCLEmbeddings`] of each modality.
         critic_inputs: detached feature pairs the CLUB critics train on.
+        text_model_output / vision_model_output: the backbone towers' outputs (last hidden
+            state, projected `pooler_output`, and hidden states / attentions when asked for),
+            named as in `CLIPOutput`; the same tensors as in `text_embeds` / `image_embeds`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -73,9 +86,20 @@ class FactorCLOutput(ModelOutput):
     image_embeds: FactorCLEmbeddings | None = None
     text_embeds: FactorCLEmbeddings | None = None
     critic_inputs: dict[str, Any] | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
 
     def to_tuple(self) -> tuple[Any]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+def _tower_output(embeds: FactorCLEmbeddings) -> BaseModelOutputWithPooling:
+    return BaseModelOutputWithPooling(
+        last_hidden_state=embeds.last_hidden_state,
+        pooler_output=embeds.backbone_embeds,
+        hidden_states=embeds.hidden_states,
+        attentions=embeds.attentions,
+    )
 
 
 class FactorCLPreTrainedModel(PreTrainedModel):
@@ -85,17 +109,54 @@ class FactorCLPreTrainedModel(PreTrainedModel):
     base_model_prefix = "clip"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+    _no_split_modules = [
+        "CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings",
+        "SiglipTextEmbeddings", "SiglipEncoderLayer", "SiglipVisionEmbeddings", "SiglipMultiheadAttentionPoolingHead",
+    ]
+    # The attention implementations are the backbone's (the heads and critics have no
+    # attention); as in CLIPModel, the choice propagates to the backbone's sub-configs.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     def _init_weights(self, module):
-        # The objective's layers keep PyTorch's default initialization (the CLIP backbone
-        # initializes itself); `init.*` skips weights that were loaded from a checkpoint.
+        # The objective's layers keep PyTorch's default initialization; the backbone's modules
+        # are dispatched to the backbone's own `_init_weights` (see `initialize_weights`).
+        # `init.*` skips weights that were loaded from a checkpoint.
         if isinstance(module, nn.Linear):
             init.kaiming_uniform_(module.weight, a=math.sqrt(5))
             if module.bias is not None:
                 bound = 1 / math.sqrt(module.weight.shape[1])
                 init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, ContrastiveObjective):
+            # Scalar parameters of an objective (SigLIP's logit scale and bias).
+            for name, value in getattr(module, "initial_values", {}).items():
+                init.constant_(getattr(module, name), value)
+        elif isinstance(getattr(module, "clip", None), CLIPModel):
+            # CLIP's `_init_weights` leaves its logit scale to `__init__`, which a load on the meta
+            # device skips: without this a checkpoint lacking it gets uninitialised memory.
+            init.constant_(module.clip.logit_scale, module.clip.config.logit_scale_init_value)
 
+    @torch.no_grad()
+    @init.guard_torch_init_functions()
+    def initialize_weights(self):
+        """Initialize every weight not loaded from a checkpoint, each sub-model with its own
+        `_init_weights`.
+
+        `PreTrainedModel.initialize_weights` treats classes defined outside transformers as
+        custom code and then skips every module without parameters of its own — CLIP's attention
+        and MLP blocks, whose `_init_weights` set their layers' std — leaving those layers at the
+        generic std 0.02. Every `_init_weights` here uses the guarded `init.*` functions, which
+        is what that check protects, so the dispatch runs without it.
+        """
+
+        def dispatch(module: nn.Module, fn) -> None:
+            for child in module.children():
+                dispatch(child, child._initialize_weights if isinstance(child, PreTrainedModel) else fn)
+            fn(module, False)
+
+        dispatch(self, self._initialize_weights)
 
 def _check_local_folder(path, has_config: bool) -> None:
     """Before transformers reads a saved folder: its checksums match, and its config exists
@@ -131,11 +192,10 @@ class FactorCLModel(FactorCLPreTrainedModel):
             **(getattr(config, "auto_map", None) or {}),
             "AutoModelForZeroShotImageClassification": "modeling_factorcl.FactorCLModel",
         }
-        self.clip = CLIPModel._from_config(config.clip_config)
-        # Logits come from the objective's alignment critic; CLIP's own logit scale is kept
-        # for checkpoint compatibility but unused, so it is frozen (DDP requires every
-        # trainable parameter to receive a gradient).
-        self.clip.logit_scale.requires_grad_(False)
+        # Named `clip` for either family: equal to `base_model_prefix`, so a plain CLIP or SigLIP
+        # checkpoint loads into it.
+        self.clip = BACKBONE_CLASSES[config.backbone_type]._from_config(config.clip_config)
+        self._freeze_unused_backbone_parameters()
         dim = config.backbone_embed_dim
         self.objective: ContrastiveObjective = build_objective(
             config.objective,
@@ -164,7 +224,7 @@ class FactorCLModel(FactorCLPreTrainedModel):
         if os.path.isdir(pretrained_model_name_or_path):
             _check_local_folder(pretrained_model_name_or_path, has_config="config" in kwargs)
         try:
-            model = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         except SafetensorError as error:
             raise ValueError(
                 f"The weights of {str(pretrained_model_name_or_path)!r} cannot be read as safetensors "
@@ -174,8 +234,11 @@ class FactorCLModel(FactorCLPreTrainedModel):
             if "ignore_mismatched_sizes" not in str(error) or kwargs.get("ignore_mismatched_sizes"):
                 raise
             raise ValueError(cls._mismatch_message(pretrained_model_name_or_path, model_args, kwargs)) from error
-        check_finite(model[0] if isinstance(model, tuple) else model, where=repr(str(pretrained_model_name_or_path)))
-        return model
+        # Loading replaces the parameters (trainable again): freeze as `__init__` does.
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        check_finite(model, where=repr(str(pretrained_model_name_or_path)))
+        model._freeze_unused_backbone_parameters()
+        return loaded
 
     @classmethod
     def _mismatch_message(cls, path, model_args, kwargs) -> str:
@@ -197,15 +260,37 @@ class FactorCLModel(FactorCLPreTrainedModel):
         if kwargs.get("is_main_process", True):
             write_checksums(save_directory, "*.safetensors")
 
+    def _freeze_unused_backbone_parameters(self) -> None:
+        """Logits come from the objective's alignment critic; the backbone's own logit scale
+        (and bias) are kept for checkpoint compatibility but unused, so they are frozen: DDP
+        requires every trainable parameter to receive a gradient."""
+        for name in ("logit_scale", "logit_bias"):
+            if isinstance(getattr(self.clip, name, None), nn.Parameter):
+                getattr(self.clip, name).requires_grad_(False)
+
     @classmethod
-    def from_clip(cls, clip: str | os.PathLike | CLIPModel, **config_overrides) -> FactorCLModel:
-        """Wrap an existing CLIP checkpoint (Hub id, local dir or `CLIPModel`) with fresh
-        FactorCL heads and critics; `config_overrides` set `FactorCLConfig` fields."""
-        if isinstance(clip, CLIPModel):
+    def from_clip(cls, clip: str | os.PathLike | PreTrainedModel, **config_overrides) -> FactorCLModel:
+        """Wrap an existing CLIP or SigLIP checkpoint (Hub id, local dir, or a `CLIPModel` /
+        `SiglipModel`) with fresh FactorCL heads and critics; `config_overrides` set
+        `FactorCLConfig` fields."""
+        if isinstance(clip, nn.Module):
+            if not isinstance(clip, tuple(BACKBONE_CLASSES.values())):
+                raise ValueError(
+                    f"`clip` must be one of {[c.__name__ for c in BACKBONE_CLASSES.values()]} (or a folder / Hub "
+                    f"id of one), got a {type(clip).__name__}"
+                )
             model = cls(FactorCLConfig(clip_config=clip.config, **config_overrides))
             model.clip.load_state_dict(clip.state_dict())
             return model
-        config = FactorCLConfig(clip_config=CLIPConfig.from_pretrained(clip), **config_overrides)
+        if not isinstance(clip, (str, os.PathLike)):
+            raise ValueError(f"`clip` must be a model, a folder or a Hub id, got {type(clip).__name__}")
+        backbone_config = AutoConfig.from_pretrained(clip)
+        if backbone_config.model_type not in BACKBONE_TYPES:
+            raise ValueError(
+                f"{str(clip)!r} holds a {backbone_config.model_type!r} model; `from_clip` wraps the dual encoders "
+                f"{BACKBONE_TYPES} (e.g. openai/clip-vit-base-patch32, google/siglip-base-patch16-224)"
+            )
+        config = FactorCLConfig(clip_config=backbone_config, **config_overrides)
         return cls.from_pretrained(clip, config=config)
 
     # --------------------------------------------------------------- validation
@@ -249,34 +334,84 @@ class FactorCLModel(FactorCLPreTrainedModel):
                            "`num_labels` either); use a supervised objective to train on them", self.config.objective)
 
     # ---------------------------------------------------------------- embedding
-    def _backbone(self, modality: str, **inputs) -> torch.Tensor:
-        if modality == "image":
-            return self.clip.get_image_features(**inputs).pooler_output
-        return self.clip.get_text_features(**inputs).pooler_output
+    def _output_options(self, method: str, output_attentions, output_hidden_states, return_dict, kwargs) -> dict:
+        """The output switches of a call, defaulting to the config's as in transformers; an
+        unknown keyword is refused rather than silently ignored."""
+        if kwargs:
+            raise TypeError(
+                f"FactorCLModel.{method}() got unexpected keyword argument(s) {', '.join(map(repr, sorted(kwargs)))}"
+            )
+        config = self.config
+        return dict(
+            output_attentions=config.output_attentions if output_attentions is None else output_attentions,
+            output_hidden_states=config.output_hidden_states if output_hidden_states is None else output_hidden_states,
+            return_dict=config.use_return_dict if return_dict is None else return_dict,
+        )
 
-    def _embeddings(self, modality: str, backbone: torch.Tensor) -> FactorCLEmbeddings:
-        rep: Representation = self.objective.represent(backbone, MODALITIES.index(modality))
+    def _backbone(self, modality: str, output_attentions: bool, output_hidden_states: bool, **inputs):
+        """The backbone tower's output; `pooler_output` is its projected embedding."""
+        features = self.clip.get_image_features if modality == "image" else self.clip.get_text_features
+        return features(
+            **inputs, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True
+        )
+
+    def _embeddings(self, modality: str, backbone, rows: int | None = None) -> FactorCLEmbeddings:
+        """The objective's embeddings over the backbone's output (its first `rows` rows: the
+        original views of a batch that also holds augmented ones)."""
+
+        def head(t):
+            # Layers left out of a selective `output_hidden_states=[...]` are None.
+            return t[:rows] if rows is not None and t is not None else t
+
+        embeds = head(backbone.pooler_output)
+        rep: Representation = self.objective.represent(embeds, MODALITIES.index(modality))
+        layers = {
+            name: tuple(head(t) for t in getattr(backbone, name))
+            for name in ("hidden_states", "attentions")
+            if getattr(backbone, name, None) is not None
+        }
         return FactorCLEmbeddings(
             pooler_output=rep.alignment,
+            last_hidden_state=head(backbone.last_hidden_state),
             shared_embeds=rep.shared,
             unique_embeds=rep.unique,
             factorized_embeds=rep.factorized,
-            backbone_embeds=backbone,
+            backbone_embeds=embeds,
+            **layers,
         )
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> FactorCLEmbeddings:
-        """Shared, unique and backbone embeddings of a batch of images."""
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> FactorCLEmbeddings | tuple:
+        """Shared, unique and backbone embeddings of a batch of images (a tuple in field order
+        with `return_dict=False`)."""
+        options = self._output_options("get_image_features", output_attentions, output_hidden_states, return_dict, kwargs)
+        return_dict = options.pop("return_dict")
         self._check_pixels("pixel_values", pixel_values)
-        return self._embeddings("image", self._backbone("image", pixel_values=pixel_values, **kwargs))
+        out = self._embeddings("image", self._backbone("image", pixel_values=pixel_values, **options))
+        return out if return_dict else out.to_tuple()
 
     def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> FactorCLEmbeddings:
-        """Shared, unique and backbone embeddings of a batch of tokenized texts."""
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> FactorCLEmbeddings | tuple:
+        """Shared, unique and backbone embeddings of a batch of tokenized texts (a tuple in
+        field order with `return_dict=False`)."""
+        options = self._output_options("get_text_features", output_attentions, output_hidden_states, return_dict, kwargs)
+        return_dict = options.pop("return_dict")
         self._check_tokens("input_ids", input_ids)
-        return self._embeddings(
-            "text", self._backbone("text", input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        )
+        out = self._embeddings("text", self._backbone("text", input_ids=input_ids, attention_mask=attention_mask, **options))
+        return out if return_dict else out.to_tuple()
 
     def _text_with_views(self, input_ids, attention_mask, augmented_input_ids, augmented_attention_mask):
         """Pad the original and augmented token batches to one length and stack them, so the
@@ -295,6 +430,21 @@ class FactorCLModel(FactorCLPreTrainedModel):
         mask = torch.cat([pad(attention_mask, 0), pad(augmented_attention_mask, 0)])
         return ids, mask
 
+    def _check_training_inputs(self, input_ids, pixel_values, labels, augmented_pixel_values, augmented_input_ids):
+        if pixel_values.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"`pixel_values` has batch size {pixel_values.shape[0]} but `input_ids` has "
+                f"{input_ids.shape[0]}: training pairs must align"
+            )
+        if self.config.uses_augmented_views:
+            self._check_pixels("augmented_pixel_values", augmented_pixel_values)
+            self._check_tokens("augmented_input_ids", augmented_input_ids)
+            for name, t in (("augmented_pixel_values", augmented_pixel_values), ("augmented_input_ids", augmented_input_ids)):
+                if t.shape[0] != input_ids.shape[0]:
+                    raise ValueError(f"`{name}` has batch size {t.shape[0]}, expected {input_ids.shape[0]}")
+        if self.config.is_supervised and labels is None:
+            raise ValueError(f"`labels` are required to train objective {self.config.objective!r}")
+
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -305,8 +455,11 @@ class FactorCLModel(FactorCLPreTrainedModel):
         augmented_input_ids: torch.LongTensor | None = None,
         augmented_attention_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
         **kwargs,
-    ) -> FactorCLOutput:
+    ) -> FactorCLOutput | FactorCLEmbeddings | tuple:
         r"""
         Args:
             input_ids, attention_mask: tokenized captions `[batch, seq_len]`.
@@ -315,7 +468,18 @@ class FactorCLModel(FactorCLPreTrainedModel):
             augmented_pixel_values, augmented_input_ids, augmented_attention_mask: an augmented
                 view of each pair, for self-supervised FactorCL and Cross+Self.
             return_loss: compute the loss (default: when labels or augmented views are given).
+            output_attentions, output_hidden_states: return the backbone towers' attentions /
+                hidden states in `image_embeds` / `text_embeds` (default: the config's).
+            return_dict: a `FactorCLOutput` (default) or its `to_tuple()`.
+
+        A call with one modality only (texts or images, as the feature-extraction pipelines
+        make) returns that modality's [`FactorCLEmbeddings`], as `get_*_features` does.
         """
+        options = self._output_options("forward", output_attentions, output_hidden_states, return_dict, kwargs)
+        return_dict = options.pop("return_dict")
+        one_modality = self._one_modality(input_ids, pixel_values, attention_mask, labels, return_loss, options)
+        if one_modality is not None:
+            return one_modality if return_dict else one_modality.to_tuple()
         self._check_pixels("pixel_values", pixel_values)
         self._check_tokens("input_ids", input_ids)
         self._warn_unused_labels(labels)
@@ -323,47 +487,32 @@ class FactorCLModel(FactorCLPreTrainedModel):
             return_loss = labels is not None or augmented_pixel_values is not None
         use_views = return_loss and self.config.uses_augmented_views
         if return_loss:
-            if pixel_values.shape[0] != input_ids.shape[0]:
-                raise ValueError(
-                    f"`pixel_values` has batch size {pixel_values.shape[0]} but `input_ids` has "
-                    f"{input_ids.shape[0]}: training pairs must align"
-                )
-            if use_views:
-                self._check_pixels("augmented_pixel_values", augmented_pixel_values)
-                self._check_tokens("augmented_input_ids", augmented_input_ids)
-                for name, t in (("augmented_pixel_values", augmented_pixel_values), ("augmented_input_ids", augmented_input_ids)):
-                    if t.shape[0] != input_ids.shape[0]:
-                        raise ValueError(f"`{name}` has batch size {t.shape[0]}, expected {input_ids.shape[0]}")
-            if self.config.is_supervised and labels is None:
-                raise ValueError(f"`labels` are required to train objective {self.config.objective!r}")
+            self._check_training_inputs(input_ids, pixel_values, labels, augmented_pixel_values, augmented_input_ids)
 
         # One backbone call per tower, original and augmented views together.
         batch = input_ids.shape[0]
         n_images = pixel_values.shape[0]
+        pixels, ids, mask = pixel_values, input_ids, attention_mask
         if use_views:
             pixels = torch.cat([pixel_values, augmented_pixel_values])
             ids, mask = self._text_with_views(input_ids, attention_mask, augmented_input_ids, augmented_attention_mask)
-        else:
-            pixels, ids, mask = pixel_values, input_ids, attention_mask
-        image_backbone = self._backbone("image", pixel_values=pixels)
-        text_backbone = self._backbone("text", input_ids=ids, attention_mask=mask)
+        image_backbone = self._backbone("image", pixel_values=pixels, **options)
+        text_backbone = self._backbone("text", input_ids=ids, attention_mask=mask, **options)
 
-        image_embeds = self._embeddings("image", image_backbone[:n_images])
-        text_embeds = self._embeddings("text", text_backbone[:batch])
+        image_embeds = self._embeddings("image", image_backbone, n_images)
+        text_embeds = self._embeddings("text", text_backbone, batch)
         logits_per_image = self.objective.alignment_critic(image_embeds.pooler_output, text_embeds.pooler_output)
 
         loss = critic_loss = loss_terms = critic_inputs = None
         if return_loss:
             out = self.objective(
-                image_backbone[:n_images],
-                text_backbone[:batch],
-                labels=labels,
-                augmented_1=image_backbone[n_images:] if use_views else None,
-                augmented_2=text_backbone[batch:] if use_views else None,
+                image_embeds.backbone_embeds, text_embeds.backbone_embeds, labels=labels,
+                augmented_1=image_backbone.pooler_output[n_images:] if use_views else None,
+                augmented_2=text_backbone.pooler_output[batch:] if use_views else None,
                 compute_critic_loss=self.training,
             )
             loss, critic_loss, loss_terms, critic_inputs = out.loss, out.critic_loss, out.loss_terms, out.critic_inputs
-        return FactorCLOutput(
+        output = FactorCLOutput(
             loss=loss,
             critic_loss=critic_loss,
             loss_terms=loss_terms,
@@ -372,7 +521,21 @@ class FactorCLModel(FactorCLPreTrainedModel):
             image_embeds=image_embeds,
             text_embeds=text_embeds,
             critic_inputs=critic_inputs,
+            text_model_output=_tower_output(text_embeds),
+            vision_model_output=_tower_output(image_embeds),
         )
+        return output if return_dict else output.to_tuple()
+
+    def _one_modality(self, input_ids, pixel_values, attention_mask, labels, return_loss, options):
+        """The embeddings of the one modality given, or `None` when both are (or none is)."""
+        if (input_ids is None) == (pixel_values is None):
+            return None
+        if return_loss or labels is not None:
+            missing = "pixel_values" if pixel_values is None else "input_ids"
+            raise ValueError(f"`{missing}` is required to compute the loss (image-text pairs)")
+        if pixel_values is not None:
+            return self.get_image_features(pixel_values, **options, return_dict=True)
+        return self.get_text_features(input_ids, attention_mask, **options, return_dict=True)
 
     # ------------------------------------------------------ CLUB-critic training
     def critic_loss(self, outputs: FactorCLOutput) -> torch.Tensor | None:

@@ -16,6 +16,7 @@ Losses are sums of signed MI bounds (``-lower + upper``), so an objective's loss
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +44,7 @@ __all__ = [
     "ContrastiveObjective",
     "FactorCLObjective",
     "SimCLRObjective",
+    "SigLIPObjective",
     "CrossSelfObjective",
     "SupConObjective",
     "build_objective",
@@ -442,6 +444,28 @@ class SimCLRObjective(ContrastiveObjective):
         return ObjectiveOutput(-nce, {"cross_nce": nce.detach()}, reps)
 
 
+class SigLIPObjective(ContrastiveObjective):
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023): every image-text pair is a binary
+    match / non-match, scored ``cos * exp(t) + b`` with a learned scale and bias (initialised
+    at ``t = log 10``, ``b = -10`` as in the paper); ``-sum log sigmoid(±logit) / batch``."""
+
+    # Read by `FactorCLModel._init_weights` too: a load on the meta device skips `__init__`'s values.
+    initial_values = {"logit_scale": math.log(10.0), "logit_bias": -10.0}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name, value in self.initial_values.items():
+            setattr(self, name, nn.Parameter(torch.tensor(value)))
+
+    def _loss(self, features, labels, augmented, compute_critic_loss):
+        reps = tuple(self.represent(features[m], m) for m in range(2))
+        z1, z2 = (F.normalize(z, dim=-1) for z in gather_features([r.alignment for r in reps]))
+        logits = z1 @ z2.T * self.logit_scale.exp() + self.logit_bias
+        signs = 2 * torch.eye(len(z1), device=logits.device, dtype=logits.dtype) - 1
+        loss = -F.logsigmoid(signs * logits).sum() / len(z1)
+        return ObjectiveOutput(loss, {"sigmoid_loss": loss.detach()}, reps)
+
+
 class CrossSelfObjective(ContrastiveObjective):
     """Cross-modal InfoNCE plus, in each modality, InfoNCE between a sample and its
     augmented view (SimCLR within the modality)."""
@@ -490,7 +514,8 @@ def supervised_contrastive_loss(embeddings: torch.Tensor, labels: torch.Tensor, 
 
 # The baselines by registry name; every other objective of the registry is FactorCLObjective
 # (FactorCL, or OurCL when the registry says it does not factorize).
-_BASELINES = {"simclr": SimCLRObjective, "cross_self": CrossSelfObjective, "supcon": SupConObjective}
+_BASELINES = {"simclr": SimCLRObjective, "cross_self": CrossSelfObjective, "supcon": SupConObjective,
+              "siglip": SigLIPObjective}
 # Options every objective takes; the critic options only concern FactorCL / OurCL.
 _COMMON_OPTIONS = ("num_labels", "head_dim", "head_hidden_dim", "temperature")
 

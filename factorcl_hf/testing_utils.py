@@ -8,6 +8,7 @@ vocabulary from the Hub. Everything here is built from local data:
   as OpenAI's), so it saves and loads with ``AutoTokenizer`` like any CLIP tokenizer.
 - :func:`tiny_clip_config` / :func:`vit_b32_clip_config` give randomly initialisable
   ``CLIPConfig`` s whose text config pools at the tokenizer's end-of-text id.
+- :func:`tiny_siglip_config` gives the same for a SigLIP backbone.
 - :func:`tiny_clip_processor` pairs the tokenizer with ``CLIPImageProcessorPil`` (the default
   ``CLIPImageProcessor`` of transformers v5 needs torchvision).
 """
@@ -24,6 +25,7 @@ __all__ = [
     "special_token_ids",
     "tiny_clip_config",
     "vit_b32_clip_config",
+    "tiny_siglip_config",
     "tiny_clip_processor",
 ]
 
@@ -188,6 +190,29 @@ def tiny_clip_config(
     sizes = (hidden_size, num_layers, num_heads)
     return _clip_config(vocab_size, token_ids, image_size=image_size, patch_size=patch_size, projection_dim=projection_dim,
                         max_position_embeddings=max_position_embeddings, text=sizes, vision=sizes)
+
+
+def tiny_siglip_config(
+    vocab_size: int, *, bos_token_id: int, eos_token_id: int, pad_token_id: int, image_size: int = 32,
+    patch_size: int = 8, hidden_size: int = 32, num_layers: int = 2, num_heads: int = 2,
+    max_position_embeddings: int = 32,
+):
+    """A ``SiglipConfig`` as small as :func:`tiny_clip_config` (both towers ``hidden_size``
+    wide, the text head projecting to the same size). SigLIP pools the text at its last
+    position, so pad captions to ``max_position_embeddings`` (``padding="max_length"``)."""
+    from transformers import SiglipConfig
+
+    for name, value in dict(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id).items():
+        if not isinstance(value, int) or not 0 <= value < vocab_size:
+            raise ValueError(f"`{name}` must be an int in [0, vocab_size={vocab_size}), got {value!r}")
+    if image_size % patch_size:
+        raise ValueError(f"`image_size` ({image_size}) must be a multiple of `patch_size` ({patch_size})")
+    tower = dict(hidden_size=hidden_size, intermediate_size=4 * hidden_size, num_hidden_layers=num_layers,
+                 num_attention_heads=num_heads)
+    text_config = dict(tower, vocab_size=vocab_size, max_position_embeddings=max_position_embeddings,
+                       bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                       projection_size=hidden_size)
+    return SiglipConfig(text_config=text_config, vision_config=dict(tower, image_size=image_size, patch_size=patch_size))
 
 
 def vit_b32_clip_config(

@@ -48,7 +48,7 @@ class TrainingArguments:
     retrieval_match_columns: list[str] | None = _option(None, "also report retrieval where any item agreeing with "
                                                         "the query on these columns is a hit")
     # -- model: a CLIP checkpoint, or a tiny random CLIP
-    clip_model: str | None = _option(None, "CLIP checkpoint (Hub id or dir) to start from; default: a tiny random CLIP")
+    clip_model: str | None = _option(None, "CLIP or SigLIP checkpoint (Hub id or dir) to start from; default: a tiny random CLIP")
     tiny_image_size: int = _option(32, "tiny CLIP: image size")
     tiny_patch_size: int = _option(8, "tiny CLIP: patch size")
     tiny_hidden_size: int = _option(64, "tiny CLIP: width of both towers")
