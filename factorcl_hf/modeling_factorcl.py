@@ -220,9 +220,10 @@ class FactorCLModel(FactorCLPreTrainedModel):
         """`PreTrainedModel.from_pretrained`, restricted to safetensors weights (never a pickle),
         with a clear error for a corrupted weights file."""
         kwargs.setdefault("use_safetensors", True)
-        check_model_path(pretrained_model_name_or_path)
-        if os.path.isdir(pretrained_model_name_or_path):
-            _check_local_folder(pretrained_model_name_or_path, has_config="config" in kwargs)
+        if pretrained_model_name_or_path is not None:  # None: built from `config` and `state_dict`
+            check_model_path(pretrained_model_name_or_path)
+            if os.path.isdir(pretrained_model_name_or_path):
+                _check_local_folder(pretrained_model_name_or_path, has_config="config" in kwargs)
         try:
             loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         except SafetensorError as error:

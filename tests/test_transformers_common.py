@@ -4,7 +4,7 @@ transformers' `CLIPModelTester`: a tiny FactorCL-SSL model on a CLIP backbone, b
 pairs with augmented views, `return_loss=True`; and the same tests on a SigLIP backbone with the
 `siglip` objective (`FactorCLSiglipModelTest`).
 
-Every skip, with its reason (transformers 5.24 on a CPU machine; 62 for CLIP, 61 for SigLIP,
+Every skip, with its reason (transformers 5.24 on a CPU machine; 63 for CLIP, 62 for SigLIP,
 whose backbone has input embeddings, so the `enable_input_require_grads` check runs):
 - Skipped here as transformers' `CLIPModelTest` skips them, same reasons: hidden states,
   inputs_embeds and retain_grad are tested per tower; no input/output embeddings
@@ -15,7 +15,8 @@ whose backbone has input embeddings, so the `enable_input_require_grads` check r
   `critic_loss` with their own optimizer), so `test_all_params_have_gradient = False`; a
   contrastive loss is undefined at batch size 1, so `test_batching_equivalence` runs without
   the loss; a plain CLIP folder loads through `FactorCLModel.from_clip`, not as the base model of
-  a head checkpoint (`test_correct_missing_keys`).
+  a head checkpoint (`test_correct_missing_keys`); a saved weights file edited afterwards is refused
+  by its SHA-256 check (`test_model_weights_reload_no_missing_tied_weights`).
 - Skipped by the mixin's own decorators or checks, as for CLIPModelTest on this machine: no GPU /
   accelerator, Flash Attention 2/3/4, MPS, deepspeed, kernels, multiple accelerators, `@slow`
   (RUN_SLOW unset); not applicable to a two-tower contrastive model: the non-composite SDPA
@@ -165,6 +166,11 @@ class FactorCLModelTest(ModelTesterMixin, unittest.TestCase):
     @unittest.skip(reason="By design: a plain CLIP folder loads through `FactorCLModel.from_clip` (tested in "
                           "tests/test_modeling.py), not as the base model of a head checkpoint")
     def test_correct_missing_keys(self):
+        pass
+
+    @unittest.skip(reason="By design (issue 14): the test rewrites model.safetensors after saving, and a weights "
+                          "file that no longer matches its SHA256SUMS is refused (tests/test_checkpointing.py)")
+    def test_model_weights_reload_no_missing_tied_weights(self):
         pass
 
 
