@@ -28,6 +28,7 @@ __all__ = [
     "MODEL_CARD_TEMPLATE",
     "MODEL_CARD_TAGS",
     "build_model_card",
+    "class_names",
     "save_model_card",
     "save_for_hub",
     "push_to_hub",
@@ -127,6 +128,17 @@ def _embedding_sizes(config) -> dict[str, int]:
     }
 
 
+def class_names(model_or_config) -> list[str] | None:
+    """The label names of ``config.id2label`` in id order, or ``None`` when they are only
+    transformers' placeholders (``LABEL_0``, ...), i.e. the labels were bare integers."""
+    config = getattr(model_or_config, "config", model_or_config)
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label[i]) for i in sorted(id2label, key=int)]
+    if not names or all(name == f"LABEL_{i}" for i, name in enumerate(names)):
+        return None
+    return names
+
+
 def build_model_card(
     model_or_config,
     eval_results: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None,
@@ -199,6 +211,7 @@ def build_model_card(
         training_text=training_summary if isinstance(training_summary, str) else None,
         eval_rows=rows,
         hypothesis_template=HYPOTHESIS_TEMPLATE,
+        class_names=class_names(config),
     )
 
 

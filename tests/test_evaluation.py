@@ -377,6 +377,26 @@ def test_cli_reads_csv_with_relative_image_paths(saved_model, shapes_dir, tmp_pa
     assert from_csv["metrics"] == from_folder["metrics"]
 
 
+def test_zero_shot_cli_takes_class_names_from_the_configs_id2label(saved_model, shapes_dir, tmp_path):
+    """Bare integer labels and no --class-names: the names the model was trained with."""
+    from factorcl_hf.data.shapes import SHAPES
+
+    directory, model, processor = saved_model
+    named = tmp_path / "named"
+    model.config.id2label = dict(enumerate(SHAPES))
+    try:
+        model.save_pretrained(named)
+    finally:
+        model.config.id2label = {0: "LABEL_0", 1: "LABEL_1"}
+    processor.save_pretrained(named)
+    common = ["--task", "zero_shot", "--data", str(shapes_dir), "--label-column", "shape_idx", "--no-progress",
+              "--templates", "a photo of a {}."]
+    record = run_cli(["--model", str(named), *common])
+    assert record["class_names"] == list(SHAPES) and 0 <= record["metrics"]["top1"] <= 1
+    with pytest.raises(SystemExit):
+        run_cli(["--model", str(directory), *common])
+
+
 # --------------------------------------------------------------------------- pipeline and example
 def test_stock_zero_shot_pipeline_matches_softmax_of_logits(saved_model, shapes_dir):
     from transformers import pipeline

@@ -17,7 +17,7 @@ from factorcl_hf import FactorCLConfig
 from factorcl_hf.data.shapes import write_shapes_imagefolder
 from factorcl_hf.estimators import CosineCritic
 from factorcl_hf.objectives import ContrastiveObjective, FactorCLObjective, build_objective
-from training.train import main, parse_args, train
+from training.train import main, parse_args, run, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--tiny_hidden_size", "32", "--tiny_num_layers", "1", "--tiny_projection_dim", "16", "--head_dim", "8",
@@ -118,7 +118,7 @@ def test_logged_records_are_means_over_each_logging_window(data_dir, tmp_path):
 def test_club_critic_check_reports_each_club_term(data_dir, tmp_path):
     flags = run_flags(data_dir, tmp_path, "--objective", "factorcl_ssl", "--max_train_steps", "2", "--eval_split", "test",
                       "--club_critic_check_steps", "5")
-    results = main(flags)
+    results = run(flags)
     check = results["club_critic_check"]
     assert set(check) == {"shared_cond", "unique"}
     assert all(set(v) == {"trained", "refit"} and all(map(math.isfinite, v.values())) for v in check.values())
@@ -131,7 +131,7 @@ def test_club_critic_check_reports_each_club_term(data_dir, tmp_path):
 def test_objectives_train_evaluate_save_and_reload(data_dir, tmp_path, objective):
     flags = run_flags(data_dir, tmp_path, "--objective", objective, "--max_train_steps", "2", "--eval_split", "test",
                       "--retrieval_match_columns", "shape", "size")
-    results = main(flags)
+    results = run(flags)
     assert {"retrieval_r1", "retrieval_r5", "retrieval_match_r1", "probe_acc", "backbone_probe_acc"} <= results.keys()
     assert results["retrieval_match_r1"] >= results["retrieval_r1"]
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -161,10 +161,84 @@ def test_two_processes_see_different_data(data_dir, tmp_path):
                                                   "--max_train_steps", "3", "--save_seen_rows")]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    # One process reports: a single results block, the main process's (with the evaluation).
+    assert done.stdout.count('"objective"') == 1, done.stdout
+    assert json.loads(done.stdout[done.stdout.index("{"):])["steps"] == 3
     seen = [set(json.loads((tmp_path / f"seen_rows.rank{r}.json").read_text())) for r in (0, 1)]
     assert len(seen[0]) == len(seen[1]) == 3 * 8
     assert not seen[0] & seen[1], "both processes trained on the same rows"
     assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_console_script_exits_0_and_prints_the_results_once(data_dir, tmp_path):
+    script = Path(sys.executable).parent / "factorcl-train"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "training.train"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*command, *run_flags(data_dir, tmp_path, "--objective", "simclr", "--max_train_steps", "1")],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["steps"] == 1, done.stdout
+    assert main(run_flags(data_dir, tmp_path / "in_process", "--objective", "simclr", "--max_train_steps", "1")) == 0
+
+
+def shapes_table(data_dir, path, split_column=True, splits=("train", "test")):
+    """The shapes imagefolder as one CSV/JSONL file: string labels (the shape's name), image
+    paths relative to the file, and (optionally) a ``split`` column."""
+    import csv
+
+    rows = []
+    for split in splits:
+        for line in (Path(data_dir) / split / "metadata.jsonl").read_text().splitlines():
+            meta = json.loads(line)
+            row = {"image": str(Path(data_dir) / split / meta["file_name"]), "caption": meta["caption"],
+                   "shape": meta["shape"]}
+            rows.append({**row, "split": split} if split_column else row)
+    if path.suffix == ".csv":
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_string_labels_and_the_csv_split_column(data_dir, tmp_path):
+    """String labels train a supervised objective, become id2label/label2id in the saved
+    config and card, and the CSV's own test split gives the metrics."""
+    table = shapes_table(data_dir, tmp_path / "shapes.csv")
+    flags = ["--train_data", str(table), "--label_column", "shape", "--output_dir", str(tmp_path / "out"), *TINY,
+             "--objective", "factorcl_sup", "--max_train_steps", "1", "--eval_split", "test"]
+    results = run(flags)
+    assert {"retrieval_r1", "probe_acc"} <= results.keys()
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tmp_path / "out" / "model")
+    assert config.id2label == {0: "circle", 1: "cross", 2: "square", 3: "triangle"}
+    assert config.label2id == {"circle": 0, "cross": 1, "square": 2, "triangle": 3}
+    card = (tmp_path / "out" / "model" / "README.md").read_text()
+    assert "`circle`, `cross`, `square`, `triangle`" in card
+    assert 'candidate_labels=["circle", "cross", "square", "triangle"]' in card
+
+
+def test_eval_data_eval_fraction_and_the_no_evaluation_warning(data_dir, tmp_path, caplog):
+    train_file = shapes_table(data_dir, tmp_path / "train.jsonl", split_column=False, splits=("train",))
+    eval_file = shapes_table(data_dir, tmp_path / "eval.jsonl", split_column=False, splits=("test",))
+    base = ["--train_data", str(train_file), "--label_column", "shape", *TINY, "--objective", "simclr",
+            "--max_train_steps", "1", "--eval_split", "test"]
+    with caplog.at_level("WARNING"):
+        silent = run([*base, "--output_dir", str(tmp_path / "none")])
+    assert "retrieval_r1" not in silent and "--eval_fraction" in caplog.text
+    held_out = train(parse_args([*base, "--output_dir", str(tmp_path / "fraction"), "--eval_fraction", "0.25"]))
+    assert {"retrieval_r1", "probe_acc"} <= held_out.results.keys()
+    assert len(held_out.model.config.id2label) == 4
+    separate = run([*base, "--output_dir", str(tmp_path / "separate"), "--eval_data", str(eval_file)])
+    assert {"retrieval_r1", "probe_acc"} <= separate.keys()
+    card = (tmp_path / "separate" / "model" / "README.md").read_text()
+    assert "eval.jsonl" in card
+    with pytest.raises(ValueError, match="`eval_fraction` must be in \\(0, 1\\)"):
+        parse_args([*base, "--eval_fraction", "1.5"])
 
 
 def test_bad_inputs(data_dir, tmp_path):

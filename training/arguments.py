@@ -35,7 +35,11 @@ class TrainingArguments:
     train_data: str | None = _option(None, "imagefolder dir, .csv/.jsonl/.parquet file or Hub dataset id; "
                                      "default: the embedded shapes dataset")
     train_split: str = _option("train", "split to train on")
-    eval_split: str = _option("test", "split to evaluate on; 'none' to skip")
+    eval_split: str = _option("test", "split to evaluate on (of --eval_data if given); 'none' to skip evaluation")
+    eval_data: str | None = _option(None, "separate evaluation data (imagefolder dir, file or Hub id; as open_clip's "
+                                    "--val-data); its --eval_split, or its only split")
+    eval_fraction: float | None = _option(None, "hold out this share of the training split (seeded by --seed) "
+                                          "for evaluation")
     image_column: str = _option("image", "image column")
     caption_column: str = _option("caption", "caption column")
     label_column: str | None = _option(None, "label column (required by supervised objectives; used by the linear probe)")
@@ -106,6 +110,8 @@ class TrainingArguments:
             if getattr(self, name) < minimum:
                 why = " for contrastive training" if name == "per_device_train_batch_size" else ""
                 raise ValueError(f"`{name}` must be >= {minimum}{why}, got {getattr(self, name)}")
+        if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
+            raise ValueError(f"`eval_fraction` must be in (0, 1), got {self.eval_fraction}")
         if not self.critic_learning_rate > 0:
             raise ValueError(f"`critic_learning_rate` must be > 0, got {self.critic_learning_rate}")
 

@@ -26,7 +26,9 @@ from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.augmentations import ImageAugmentation, TextAugmentation
 from factorcl_hf.checkpointing import TrainState, latest_checkpoint, save_checkpoint, save_pretrained_atomically
 from factorcl_hf.configuration_factorcl import objective_spec
-from factorcl_hf.data.image_text import ImageTextCollator, IndexedDataset, drop_undecodable_images, load_image_text_dataset
+from factorcl_hf.data.image_text import (
+    ImageTextCollator, IndexedDataset, drop_undecodable_images, encode_labels, load_image_text_dataset,
+)
 from factorcl_hf.data.shapes import DEFAULT_UNIQUE_SHARE, write_shapes_imagefolder
 from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs, image_text_batches
 from factorcl_hf.evaluation.image_text import evaluate_image_text
@@ -68,18 +70,23 @@ def build_accelerator(args: TrainingArguments) -> Accelerator:
 @dataclass
 class TrainingData:
     """The splits of a run: ``train`` (undecodable images dropped, ``dropped`` of them),
-    ``eval`` (``None`` when ``--eval_split`` names no split), where they came from
-    (``source``) and the label column (the embedded dataset's, unless one was given)."""
+    ``eval`` (``None`` without an evaluation split), where they came from (``source``, and
+    ``eval_source`` / ``eval_split`` for the card), the label column (the embedded
+    dataset's, unless one was given) and the class names of string/ClassLabel labels."""
 
     train: Any
     eval: Any
     label_column: str | None
     source: str | Path
     dropped: int
+    eval_source: str | Path | None = None
+    eval_split: str | None = None
+    label_names: list[str] | None = None
 
 
 def build_data(args: TrainingArguments, accelerator: Accelerator) -> TrainingData:
-    """Load ``--train_data``, or write the embedded shapes dataset next to the output dir."""
+    """Load ``--train_data``, or write the embedded shapes dataset next to the output dir;
+    then the evaluation split (:func:`eval_split_of`) and class ids for the labels."""
     label_column = args.label_column
     if args.train_data is None:
         share = DEFAULT_UNIQUE_SHARE if args.unique_share is None else args.unique_share
@@ -92,18 +99,44 @@ def build_data(args: TrainingArguments, accelerator: Accelerator) -> TrainingDat
         source = args.train_data
     if objective_spec(args.objective).supervised and label_column is None:
         raise ValueError(f"`label_column` is required by the supervised objective {args.objective!r}")
+    columns = (args.image_column, args.caption_column, label_column)
     with accelerator.main_process_first():
-        data = load_image_text_dataset(source, args.image_column, args.caption_column, label_column)
+        data = load_image_text_dataset(source, *columns)
+        eval_data = load_image_text_dataset(args.eval_data, *columns) if args.eval_data and args.eval_split != "none" else None
     if args.train_split not in data:
         raise ValueError(f"`train_split` {args.train_split!r} not in the data; splits: {sorted(data)}")
-    train_set, dropped = drop_undecodable_images(data[args.train_split], args.image_column)
+    train_set, eval_set, eval_source, eval_split = eval_split_of(args, data, eval_data, source)
+    encoded, label_names = encode_labels({"train": train_set, "eval": eval_set}, label_column)
+    train_set, dropped = drop_undecodable_images(encoded["train"], args.image_column)
     if len(train_set) < args.per_device_train_batch_size * accelerator.num_processes:
         raise ValueError(
             f"The training split has {len(train_set)} usable rows, fewer than one global batch "
             f"({args.per_device_train_batch_size} x {accelerator.num_processes} processes)"
         )
-    eval_set = data[args.eval_split] if args.eval_split in data else None
-    return TrainingData(train_set, eval_set, label_column, source, dropped)
+    return TrainingData(train_set, encoded["eval"], label_column, source, dropped, eval_source, eval_split, label_names)
+
+
+def eval_split_of(args: TrainingArguments, data, eval_data, source):
+    """``(train, eval, eval source, eval split name)``: ``--eval_data``'s ``--eval_split`` (or
+    its only split), else a seeded ``--eval_fraction`` of the training split, else the
+    data's own ``--eval_split``; with none of them, a warning and no evaluation."""
+    train_set = data[args.train_split]
+    if args.eval_split == "none":
+        return train_set, None, None, None
+    if eval_data is not None:
+        names = sorted(eval_data)
+        name = args.eval_split if args.eval_split in eval_data else names[0] if len(names) == 1 else None
+        if name is None:
+            raise ValueError(f"`eval_split` {args.eval_split!r} not in `eval_data` {args.eval_data!r}; splits: {names}")
+        return train_set, eval_data[name], args.eval_data, name
+    if args.eval_fraction:
+        parts = train_set.train_test_split(test_size=args.eval_fraction, seed=args.seed)
+        return parts["train"], parts["test"], source, f"{args.train_split} ({args.eval_fraction:g} held out)"
+    if args.eval_split in data and args.eval_split != args.train_split:
+        return train_set, data[args.eval_split], source, args.eval_split
+    log.warning("No evaluation: the data has no %r split (splits: %s). Give --eval_data or --eval_fraction to "
+                "report metrics, or --eval_split none to silence this.", args.eval_split, sorted(data))
+    return train_set, None, None, None
 
 
 # ------------------------------------------------------------------------------- model
@@ -112,12 +145,23 @@ def model_options(args: TrainingArguments) -> dict[str, Any]:
     return {name: getattr(args, name) for name in FactorCLConfig.__annotations__ if hasattr(args, name)}
 
 
-def build_model_and_processor(args: TrainingArguments, train_set, label_column: str | None):
+def label_options(data: TrainingData) -> dict[str, Any]:
+    """``num_labels`` from the label column, and ``id2label``/``label2id`` when the labels
+    have names (string or ClassLabel labels), so the saved config, card and zero-shot
+    pipeline speak the class names."""
+    if data.label_column is None:
+        return {}
+    if data.label_names:
+        names = list(data.label_names) + [f"LABEL_{i}" for i in range(len(data.label_names), 2)]
+        return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+    return {"num_labels": max(2, int(max(data.train[data.label_column])) + 1)}
+
+
+def build_model_and_processor(args: TrainingArguments, data: TrainingData):
     """A CLIP checkpoint wrapped with fresh FactorCL heads, or a tiny random CLIP with a
     tokenizer built from the training captions (offline)."""
-    options = model_options(args)
-    if label_column is not None:
-        options["num_labels"] = max(2, int(max(train_set[label_column])) + 1)
+    options = {**model_options(args), **label_options(data)}
+    train_set = data.train
     if args.clip_model:
         return FactorCLModel.from_clip(args.clip_model, **options), AutoProcessor.from_pretrained(args.clip_model)
     max_length = 32
@@ -321,7 +365,7 @@ def save_run(args: TrainingArguments, accelerator: Accelerator, model: FactorCLM
     """On the main process: the model with its processor and card (``OUTPUT_DIR/model``),
     ``results.json``, ``train_log.jsonl``, and the push to the Hub if asked."""
     output_dir = Path(args.output_dir)
-    card = training_model_card(model, args, results, data.source)
+    card = training_model_card(model, args, results, data)
     results["model_dir"] = str(save_pretrained_atomically(model, processor, output_dir / "model", card=card))
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in loss_log.records))
@@ -331,7 +375,7 @@ def save_run(args: TrainingArguments, accelerator: Accelerator, model: FactorCLM
         log.info("Pushed to %s", push_to_hub(model, processor, args.hub_model_id, card))
 
 
-def training_model_card(model, args: TrainingArguments, results: dict, train_source):
+def training_model_card(model, args: TrainingArguments, results: dict, data: TrainingData):
     """The model card saved with (and pushed with) the trained model: evaluation results in
     the model-index, the recipe in the body."""
     metrics = {k: v for k, v in results.items() if isinstance(v, float)}
@@ -339,7 +383,7 @@ def training_model_card(model, args: TrainingArguments, results: dict, train_sou
     for task, keys in (("retrieval", "retrieval_"), ("probe", "probe_acc")):
         chosen = {k: v for k, v in metrics.items() if k.startswith(keys) or k.endswith(keys)}
         if chosen:
-            records.append({"task": task, "data": str(train_source), "split": args.eval_split, "metrics": chosen})
+            records.append({"task": task, "data": str(data.eval_source), "split": data.eval_split, "metrics": chosen})
     summary = {
         "objective": args.objective,
         "steps": results["steps"],

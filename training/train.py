@@ -17,12 +17,13 @@ and the encoders' CLUB term never trains the critics), both optimizers step, the
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from training.arguments import TrainingArguments, load_config_file, parse_args
 
-__all__ = ["TrainingRun", "train", "main", "parse_args", "load_config_file"]
+__all__ = ["TrainingRun", "train", "run", "main", "parse_args", "load_config_file"]
 
 
 @dataclass
@@ -33,6 +34,8 @@ class TrainingRun:
     results: dict
     model: Any
     processor: Any
+    # Only the main process reports: the others hold a partial record (no evaluation).
+    is_main_process: bool = True
 
 
 def train(args: TrainingArguments) -> TrainingRun:
@@ -44,7 +47,7 @@ def train(args: TrainingArguments) -> TrainingRun:
     loop.check_objective(args)
     accelerator = loop.build_accelerator(args)
     data = loop.build_data(args, accelerator)
-    model, processor = loop.build_model_and_processor(args, data.train, data.label_column)
+    model, processor = loop.build_model_and_processor(args, data)
     collator, train_loader = loop.build_train_loader(args, model, processor, data)
     optimizer, critic_optimizer, scheduler, schedule = loop.build_optimizers(args, model, accelerator, len(train_loader))
     critic_optimizers = [critic_optimizer] if critic_optimizer else []
@@ -86,14 +89,23 @@ def train(args: TrainingArguments) -> TrainingRun:
         loop.save_run(args, accelerator, unwrapped, processor, data, results, loss_log)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return TrainingRun(results, unwrapped, processor)
+    return TrainingRun(results, unwrapped, processor, accelerator.is_main_process)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    run = train(parse_args(argv))
-    print(json.dumps(run.results, indent=2))
-    return run.results
+def run(argv: list[str] | None = None) -> dict:
+    """Parse ``argv``, train, print the results (main process only); returns them."""
+    training_run = train(parse_args(argv))
+    if training_run.is_main_process:
+        print(json.dumps(training_run.results, indent=2))
+    return training_run.results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (``factorcl-train``): exit status 0 on success (a returned dict
+    would make ``sys.exit`` print it and exit 1)."""
+    run(argv)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

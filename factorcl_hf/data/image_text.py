@@ -19,6 +19,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 _LOCAL_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# A local file's rows name their split in this column (as in open_clip's and many datasets'
+# CSVs); without it, every row is in "train".
+SPLIT_COLUMN = "split"
 
 
 def load_image_text_dataset(
@@ -31,8 +34,8 @@ def load_image_text_dataset(
     """Load a dataset with image and caption columns (and optionally a label column).
 
     ``source`` is a local imagefolder directory (with ``metadata.jsonl``), a local
-    ``.csv``/``.jsonl``/``.json``/``.parquet`` file whose image column holds paths, or a Hub
-    dataset id. Returns a ``DatasetDict`` (or the ``split``) whose image column is decoded
+    ``.csv``/``.jsonl``/``.json``/``.parquet`` file whose image column holds paths (and
+    whose optional ``split`` column names each row's split), or a Hub dataset id. Returns a ``DatasetDict`` (or the ``split``) whose image column is decoded
     to PIL images. Raises ``ValueError`` naming any missing column.
     """
     import datasets
@@ -50,7 +53,7 @@ def load_image_text_dataset(
         loaded = loaded.map(
             lambda row: {image_column: str(path.parent / row[image_column]) if row.get(image_column) else None}
         )
-        loaded = loaded.cast_column(image_column, datasets.Image())
+        loaded = split_by_column(loaded.cast_column(image_column, datasets.Image())["train"], str(path))
     else:
         loaded = datasets.load_dataset(str(source))
     if split is not None:
@@ -60,6 +63,23 @@ def load_image_text_dataset(
     for name, part in loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(split, loaded)]:
         check_columns(part, image_column, caption_column, label_column, where=f"{source} [{name}]")
     return loaded
+
+
+def split_by_column(table, where: str = "data"):
+    """A ``DatasetDict`` of ``table``'s rows per value of its :data:`SPLIT_COLUMN` (the column
+    dropped), or ``{"train": table}`` when it has none."""
+    import datasets
+
+    if SPLIT_COLUMN not in table.column_names:
+        return datasets.DatasetDict({"train": table})
+    names = table.unique(SPLIT_COLUMN)
+    if None in names or "" in names:
+        raise ValueError(f"{where}: column {SPLIT_COLUMN!r} names each row's split; some rows have none")
+    return datasets.DatasetDict({
+        str(name): table.filter(lambda value, name=name: value == name, input_columns=SPLIT_COLUMN)
+        .remove_columns(SPLIT_COLUMN)
+        for name in names
+    })
 
 
 def check_columns(dataset, image_column: str, caption_column: str, label_column: str | None, where: str = "dataset"):
@@ -75,6 +95,47 @@ def check_columns(dataset, image_column: str, caption_column: str, label_column:
             )
     if len(dataset) == 0:
         raise ValueError(f"{where} is empty: need at least 2 rows for contrastive training")
+
+
+def _is_string_feature(feature) -> bool:
+    import datasets
+
+    # CSV columns load as large_string, JSON ones as string.
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def encode_labels(splits: dict[str, Any], label_column: str | None) -> tuple[dict[str, Any], list[str] | None]:
+    """Labels as class ids in every split, and the class names (``None`` for bare integers).
+
+    A ``datasets.ClassLabel`` column keeps its names; string labels become a ``ClassLabel``
+    of their sorted distinct values over all splits, so a class has the same id in each.
+    ``None`` entries of ``splits`` pass through. Raises ``ValueError`` naming the column and
+    split for a missing label, or a label string that the ClassLabel names lack.
+    """
+    import datasets
+
+    parts = {name: part for name, part in splits.items() if part is not None}
+    if label_column is None or not parts:
+        return splits, None
+    features = {name: part.features[label_column] for name, part in parts.items()}
+    class_labels = [f for f in features.values() if isinstance(f, datasets.ClassLabel)]
+    strings = [name for name, f in features.items() if _is_string_feature(f)]
+    if not class_labels and not strings:
+        return splits, None
+    values = {name: set(parts[name].unique(label_column)) for name in strings}
+    for name, found in values.items():
+        if None in found:
+            raise ValueError(f"column {label_column!r} (`label_column`) of split {name!r} has empty labels")
+    names = list(class_labels[0].names) if class_labels else sorted(set().union(*values.values()))
+    for name, found in values.items():
+        unknown = sorted(found - set(names))
+        if unknown:
+            raise ValueError(f"labels {unknown} in column {label_column!r} of split {name!r} are not among the "
+                             f"class names {names}")
+    feature = datasets.ClassLabel(names=names)
+    encoded = {name: part.cast_column(label_column, feature) if name in strings else part
+               for name, part in splits.items()}
+    return encoded, names
 
 
 def drop_undecodable_images(dataset, image_column: str = "image"):

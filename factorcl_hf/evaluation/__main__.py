@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="embedding(s) to evaluate; default 'pooler' for retrieval/zero_shot/irfl_mc, "
                              "every available non-pooler one for probe/irfl_type, 'shared unique' for information")
     parser.add_argument("--class-names", nargs="+", help="zero_shot: class names in label-id order "
-                        "(default: the label column's ClassLabel names or its distinct strings)")
+                        "(default: the label column's ClassLabel names or its distinct strings, else the "
+                        "model config's id2label)")
     parser.add_argument("--templates", nargs="+", help="zero_shot: prompt templates with '{}' (default: 'a photo of a {}.')")
     parser.add_argument("--image-root", help="irfl_*: folder of downloaded IRFL images (and base of relative paths)")
     parser.add_argument("--skip-missing", action="store_true", help="irfl_*: drop rows whose images are not local")
@@ -147,6 +148,17 @@ def _label_ids(split, column: str, class_names: list[str] | None) -> tuple[list[
     return [int(value) for value in values], class_names
 
 
+def _config_names(model, label_column: str) -> list[str]:
+    """The class names the model was trained with (its config's id2label), for bare integer labels."""
+    from ..hub import class_names
+
+    names = class_names(model)
+    if names is None:
+        raise ValueError(f"`--class-names` is required: column {label_column!r} holds bare integer labels "
+                         "and the model's config has no id2label names")
+    return names
+
+
 # ----------------------------------------------------------------------------- tasks
 def _run_task(args, model, processor) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics and extra record fields of the chosen task."""
@@ -189,8 +201,7 @@ def _run_task(args, model, processor) -> tuple[dict[str, float], dict[str, Any]]
     if args.task == "zero_shot":
         _check_columns(eval_split, [args.image_column, args.label_column])
         labels, class_names = _label_ids(eval_split, args.label_column, args.class_names)
-        if class_names is None:
-            raise ValueError(f"`--class-names` is required: column {args.label_column!r} holds bare integer labels")
+        class_names = class_names or _config_names(model, args.label_column)
         metrics = zero_shot.evaluate_zero_shot(
             model, processor, eval_split[args.image_column], labels, class_names,
             args.templates or zero_shot.DEFAULT_TEMPLATES, embedding, **embed_kwargs,
