@@ -422,3 +422,22 @@ def test_zero_shot_retrieval_example(saved_model, shapes_dir, capsys):
     expected = [str(paths[i]) for i in scores.topk(3).indices.tolist()]
     assert [path for path, _ in results[0][1]] == expected
     assert query in capsys.readouterr().out
+
+
+def test_zero_shot_retrieval_example_skips_undecodable_images(saved_model, shapes_dir, tmp_path, capsys):
+    import shutil
+
+    directory, model, processor = saved_model
+    images, _, _ = shapes_test_split(shapes_dir)
+    for path in images[:4]:
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    example = runpy.run_path(str(REPO / "examples" / "zero_shot_retrieval.py"))
+    results = example["main"](["--model", str(directory), "--images", str(tmp_path), "--query", "a circle",
+                               "--top-k", "10", "--batch-size", "2"])
+    assert sorted(Path(path).name for path, _ in results[0][1]) == sorted(path.name for path in images[:4])
+    out = capsys.readouterr().out
+    assert "indexed 4 images" in out and "skipped 1 that failed to decode" in out
+    # The docstring's command names the folder `make demo` really saves the model in.
+    doc = example["__doc__"]
+    assert "--model outputs/demo/factorcl_ssl/model" in doc
