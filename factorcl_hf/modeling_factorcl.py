@@ -3,6 +3,7 @@ objective (FactorCL or a baseline) that owns the projection heads and critics.""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from transformers.utils import ModelOutput
 
 from .configuration_factorcl import FactorCLConfig
 from .objectives import ContrastiveObjective, Representation, build_objective
+
+logger = logging.getLogger(__name__)
 
 MODALITIES = ("image", "text")
 
@@ -152,7 +155,7 @@ class FactorCLModel(FactorCLPreTrainedModel):
             model.clip.load_state_dict(clip.state_dict())
             return model
         config = FactorCLConfig(clip_config=CLIPConfig.from_pretrained(clip), **config_overrides)
-        return cls.from_pretrained(clip, config=config)
+        return _from_clip_checkpoint(cls, clip, config)
 
     # --------------------------------------------------------------- validation
     def _check_pixels(self, name: str, pixel_values: torch.Tensor | None):
@@ -314,5 +317,22 @@ class FactorCLModel(FactorCLPreTrainedModel):
         club = {id(p) for p in self.club_critic_parameters()}
         return [p for p in self.parameters() if id(p) not in club and p.requires_grad]
 
+
+def _from_clip_checkpoint(cls, clip: str | os.PathLike, config: FactorCLConfig) -> FactorCLModel:
+    """``from_pretrained`` of a plain CLIP checkpoint. The heads and critics (``objective.*``)
+    are new by design, so transformers' load report (a line per missing key) becomes one
+    line; any other missing or unexpected key is still a warning."""
+    report = logging.getLogger("transformers.modeling_utils")
+    level = report.level
+    report.setLevel(logging.ERROR)
+    try:
+        model, info = cls.from_pretrained(clip, config=config, output_loading_info=True)
+    finally:
+        report.setLevel(level)
+    logger.info("FactorCL heads and critics (objective.*) initialised fresh; the CLIP backbone loaded from %s", clip)
+    other = [key for key in info["missing_keys"] if not key.startswith("objective.")] + list(info["unexpected_keys"])
+    if other:
+        logger.warning("Loading the CLIP checkpoint %s: missing or unexpected keys %s", clip, sorted(other))
+    return model
 
 __all__ = ["FactorCLModel", "FactorCLPreTrainedModel", "FactorCLOutput", "FactorCLEmbeddings"]

@@ -175,10 +175,13 @@ def test_console_script_exits_0_and_prints_the_results_once(data_dir, tmp_path):
     script = Path(sys.executable).parent / "factorcl-train"
     command = [str(script)] if script.exists() else [sys.executable, "-m", "training.train"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([*command, *run_flags(data_dir, tmp_path, "--objective", "simclr", "--max_train_steps", "1")],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    flags = run_flags(data_dir, tmp_path, "--objective", "simclr", "--max_train_steps", "1", "--checkpointing_steps", "1")
+    done = subprocess.run([*command, *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["steps"] == 1, done.stdout
+    # Quiet: no library bars ("Downloading data", "Writing model shards"), no accelerate INFO
+    # line per checkpoint file, no warnings; only the run's own line.
+    assert done.stderr.strip().splitlines() == ["Training simclr on 56 rows: 1 steps (1 epochs), 1 process(es)"], done.stderr
     assert main(run_flags(data_dir, tmp_path / "in_process", "--objective", "simclr", "--max_train_steps", "1")) == 0
 
 

@@ -33,6 +33,7 @@ from factorcl_hf.data.shapes import DEFAULT_UNIQUE_SHARE, write_shapes_imagefold
 from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs, image_text_batches
 from factorcl_hf.evaluation.image_text import evaluate_image_text
 from factorcl_hf.hub import build_model_card, push_to_hub
+from factorcl_hf.progress import hide_library_progress_bars
 from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 from factorcl_hf.training_step import training_step
 from training.arguments import TrainingArguments
@@ -62,6 +63,9 @@ def build_accelerator(args: TrainingArguments) -> Accelerator:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING, format="%(message)s")
+    # A Hub dataset's download bars are progress worth seeing; a local folder's are not.
+    hub_data = args.train_data is not None and not Path(args.train_data).exists()
+    hide_library_progress_bars(keep_downloads=hub_data and not args.disable_tqdm)
     set_seed(args.seed)
     return accelerator
 

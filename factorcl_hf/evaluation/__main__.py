@@ -259,6 +259,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     import factorcl_hf  # noqa: F401  (registers the "factorcl" model type with AutoModel)
 
+    from ..progress import hide_library_progress_bars
+
+    # --data is local (a folder or files): only a model downloaded from the Hub has bars worth keeping.
+    hide_library_progress_bars(keep_downloads=not args.no_progress)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = AutoModel.from_pretrained(args.model).to(args.device).eval()
     processor = AutoProcessor.from_pretrained(args.model)
