@@ -28,5 +28,5 @@ def test_demo_reports_what_its_saved_model_gives(tmp_path):
         metrics = evaluate_image_text(model, processor, data["train"], data["test"], label_column="label",
                                       match_columns=["shape", "size", "position"])
         reported = {k: v for k, v in saved[objective].items() if k in metrics}
-        assert set(reported) == {"probe_acc", "backbone_probe_acc", "retrieval_r1", "retrieval_r5", "retrieval_match_r1"}
+        assert set(reported) == {"factorized_accuracy", "backbone_accuracy", "mean_R@1", "mean_R@5", "match_mean_R@1"}
         assert reported == {k: metrics[k] for k in reported}, objective

@@ -132,8 +132,8 @@ def test_objectives_train_evaluate_save_and_reload(data_dir, tmp_path, objective
     flags = run_flags(data_dir, tmp_path, "--objective", objective, "--max_train_steps", "2", "--eval_split", "test",
                       "--retrieval_match_columns", "shape", "size")
     results = run(flags)
-    assert {"retrieval_r1", "retrieval_r5", "retrieval_match_r1", "probe_acc", "backbone_probe_acc"} <= results.keys()
-    assert results["retrieval_match_r1"] >= results["retrieval_r1"]
+    assert {"mean_R@1", "mean_R@5", "match_mean_R@1", "factorized_accuracy", "backbone_accuracy"} <= results.keys()
+    assert results["match_mean_R@1"] >= results["mean_R@1"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["steps"] == 2
     from transformers import AutoModel, AutoProcessor
@@ -148,8 +148,8 @@ def test_objectives_train_evaluate_save_and_reload(data_dir, tmp_path, objective
 
     card = ModelCard.load(tmp_path / "model" / "README.md")
     assert card.data.library_name == "transformers"
-    reported = {m["type"]: m["value"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
-    assert any(value == pytest.approx(results["probe_acc"]) for value in reported.values())
+    reported = {m["name"]: m["value"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
+    assert reported["factorized_accuracy"] == pytest.approx(results["factorized_accuracy"])
 
 
 @pytest.mark.slow
@@ -214,7 +214,7 @@ def test_string_labels_and_the_csv_split_column(data_dir, tmp_path):
     flags = ["--train_data", str(table), "--label_column", "shape", "--output_dir", str(tmp_path / "out"), *TINY,
              "--objective", "factorcl_sup", "--max_train_steps", "1", "--eval_split", "test"]
     results = run(flags)
-    assert {"retrieval_r1", "probe_acc"} <= results.keys()
+    assert {"mean_R@1", "factorized_accuracy"} <= results.keys()
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(tmp_path / "out" / "model")
@@ -223,6 +223,39 @@ def test_string_labels_and_the_csv_split_column(data_dir, tmp_path):
     card = (tmp_path / "out" / "model" / "README.md").read_text()
     assert "`circle`, `cross`, `square`, `triangle`" in card
     assert 'candidate_labels=["circle", "cross", "square", "triangle"]' in card
+    check_card_is_hub_ready(tmp_path / "out" / "model", results)
+
+
+def check_card_is_hub_ready(model_dir, results):
+    """The saved card validates, reports the run's metrics under the names the evaluation CLI
+    uses, and its first snippet runs, without warnings, against the saved folder."""
+    import warnings
+
+    from huggingface_hub import ModelCard
+    from PIL import Image
+
+    from factorcl_hf.hub import validate_model_card
+
+    card = ModelCard.load(model_dir / "README.md")
+    validate_model_card(card)
+    assert card.data.license == "apache-2.0"
+    reported = {r.metric_name: (r.metric_type, r.metric_value) for r in card.data.eval_results}
+    assert reported["image_to_text_R@1"] == ("recall", pytest.approx(results["image_to_text_R@1"]))
+    assert reported["factorized_accuracy"] == ("accuracy", pytest.approx(results["factorized_accuracy"]))
+    assert card.text.count("conditioned on the labels") == 1, "the objective is described once"
+    snippet = card.text.split("```python\n")[1].split("```")[0]
+    assert f'AutoModel.from_pretrained("{model_dir.resolve()}")' in snippet
+    Image.new("RGB", (40, 40), "red").save(model_dir.parent / "photo.jpg")
+    cwd = os.getcwd()
+    os.chdir(model_dir.parent)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            namespace = {}
+            exec(snippet, namespace)
+    finally:
+        os.chdir(cwd)
+    assert namespace["probs"].shape == (1, 2)
 
 
 def test_eval_data_eval_fraction_and_the_no_evaluation_warning(data_dir, tmp_path, caplog):
@@ -232,12 +265,12 @@ def test_eval_data_eval_fraction_and_the_no_evaluation_warning(data_dir, tmp_pat
             "--max_train_steps", "1", "--eval_split", "test"]
     with caplog.at_level("WARNING"):
         silent = run([*base, "--output_dir", str(tmp_path / "none")])
-    assert "retrieval_r1" not in silent and "--eval_fraction" in caplog.text
+    assert "mean_R@1" not in silent and "--eval_fraction" in caplog.text
     held_out = train(parse_args([*base, "--output_dir", str(tmp_path / "fraction"), "--eval_fraction", "0.25"]))
-    assert {"retrieval_r1", "probe_acc"} <= held_out.results.keys()
+    assert {"mean_R@1", "factorized_accuracy"} <= held_out.results.keys()
     assert len(held_out.model.config.id2label) == 4
     separate = run([*base, "--output_dir", str(tmp_path / "separate"), "--eval_data", str(eval_file)])
-    assert {"retrieval_r1", "probe_acc"} <= separate.keys()
+    assert {"mean_R@1", "factorized_accuracy"} <= separate.keys()
     card = (tmp_path / "separate" / "model" / "README.md").read_text()
     assert "eval.jsonl" in card
     with pytest.raises(ValueError, match="`eval_fraction` must be in \\(0, 1\\)"):

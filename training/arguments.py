@@ -101,6 +101,8 @@ class TrainingArguments:
     eval_every_epoch: bool = _option(False, "also evaluate after every epoch but the last")
     push_to_hub: bool = _option(False, "push model, processor and card to --hub_model_id")
     hub_model_id: str | None = _option(None, "USER/NAME on the Hub")
+    license: str = _option("apache-2.0", "license id in the model card (the Hub's ids); when fine-tuning a "
+                           "checkpoint, its license (e.g. mit for openai/clip-*)")
     disable_tqdm: bool = _option(False, "no progress bar")
     save_seen_rows: bool = _option(False, "write the row indices each process trained on (debugging)")
 

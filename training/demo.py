@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     if reload_diff != 0:
         raise RuntimeError(f"Reloaded {checked} embeddings differ from the trained ones (max abs diff {reload_diff})")
 
-    keys = ("probe_acc", "backbone_probe_acc", "retrieval_r1", "retrieval_r5", "retrieval_match_r1", "club_critic_check")
+    keys = ("factorized_accuracy", "backbone_accuracy", "mean_R@1", "mean_R@5", "match_mean_R@1", "club_critic_check")
     results = {name: {k: run.results[k] for k in keys if k in run.results} for name, run in runs.items()}
     results[checked]["reload_max_abs_diff"] = reload_diff
     results["label_accuracy_ceilings"] = shapes_label_accuracy_ceilings(recipe["unique_share"])
@@ -83,8 +83,8 @@ def main(argv=None) -> dict:
     print("|---|---|---|---|---|---|")
     for name in args.objectives:
         r = results[name]
-        print(f"| {name} | {r['probe_acc']:.3f} | {r['backbone_probe_acc']:.3f} | {r['retrieval_r1']:.3f} | "
-              f"{r['retrieval_r5']:.3f} | {r.get('retrieval_match_r1', float('nan')):.3f} |")
+        print(f"| {name} | {r['factorized_accuracy']:.3f} | {r['backbone_accuracy']:.3f} | {r['mean_R@1']:.3f} | "
+              f"{r['mean_R@5']:.3f} | {r.get('match_mean_R@1', float('nan')):.3f} |")
     ceilings = results["label_accuracy_ceilings"]
     print(f"\nLabel accuracy ceilings: shared info only {ceilings['shared']:.3f}, "
           f"unique info {ceilings['unique']:.3f}, chance {ceilings['chance']:.3f}")

@@ -32,7 +32,7 @@ from factorcl_hf.data.image_text import (
 from factorcl_hf.data.shapes import DEFAULT_UNIQUE_SHARE, write_shapes_imagefolder
 from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs, image_text_batches
 from factorcl_hf.evaluation.image_text import evaluate_image_text
-from factorcl_hf.hub import build_model_card, push_to_hub
+from factorcl_hf.hub import HUB_LICENSES, build_model_card, push_to_hub, validate_model_card
 from factorcl_hf.progress import hide_library_progress_bars
 from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 from factorcl_hf.training_step import training_step
@@ -43,8 +43,11 @@ log = logging.getLogger("factorcl.train")
 
 # --------------------------------------------------------------------------- accelerator
 def check_objective(args: TrainingArguments) -> None:
-    """Fail on an unknown ``--objective`` before anything starts (the registry lives in the package)."""
+    """Fail on an unknown ``--objective`` or ``--license`` before anything starts (the
+    registries live in the package)."""
     objective_spec(args.objective)
+    if args.license not in HUB_LICENSES:
+        raise ValueError(f"`license` must be a Hub license id, one of {sorted(HUB_LICENSES)}; got {args.license!r}")
 
 
 def build_accelerator(args: TrainingArguments) -> Accelerator:
@@ -370,6 +373,7 @@ def save_run(args: TrainingArguments, accelerator: Accelerator, model: FactorCLM
     ``results.json``, ``train_log.jsonl``, and the push to the Hub if asked."""
     output_dir = Path(args.output_dir)
     card = training_model_card(model, args, results, data)
+    validate_model_card(card)
     results["model_dir"] = str(save_pretrained_atomically(model, processor, output_dir / "model", card=card))
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in loss_log.records))
@@ -379,30 +383,38 @@ def save_run(args: TrainingArguments, accelerator: Accelerator, model: FactorCLM
         log.info("Pushed to %s", push_to_hub(model, processor, args.hub_model_id, card))
 
 
+def _hub_ids(*sources) -> list[str]:
+    """The sources that are Hub ids (card metadata names Hub repositories, not local paths)."""
+    return [str(source) for source in sources if source and not Path(str(source)).exists()]
+
+
 def training_model_card(model, args: TrainingArguments, results: dict, data: TrainingData):
     """The model card saved with (and pushed with) the trained model: evaluation results in
-    the model-index, the recipe in the body."""
+    the model-index, the recipe in the body, and snippets that load ``--hub_model_id`` or,
+    without one, the folder the model is saved in."""
     metrics = {k: v for k, v in results.items() if isinstance(v, float)}
     records = []
-    for task, keys in (("retrieval", "retrieval_"), ("probe", "probe_acc")):
-        chosen = {k: v for k, v in metrics.items() if k.startswith(keys) or k.endswith(keys)}
+    for task, is_task_metric in (("retrieval", lambda k: "R@" in k), ("probe", lambda k: k.endswith("_accuracy"))):
+        chosen = {k: v for k, v in metrics.items() if is_task_metric(k)}
         if chosen:
             records.append({"task": task, "data": str(data.eval_source), "split": data.eval_split, "metrics": chosen})
     summary = {
-        "objective": args.objective,
         "steps": results["steps"],
         "learning_rate": args.learning_rate,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "mixed_precision": args.mixed_precision,
         "seed": args.seed,
     }
+    base_model = _hub_ids(args.clip_model)
     return build_model_card(
         model,
         records,
-        base_model=args.clip_model,
-        datasets=[str(args.train_data)] if args.train_data and not Path(str(args.train_data)).exists() else None,
+        base_model=base_model[0] if base_model else None,
+        datasets=_hub_ids(args.train_data, args.eval_data) or None,
         training_summary=summary,
-        repo_id=args.hub_model_id,
+        repo_id=args.hub_model_id or str((Path(args.output_dir) / "model").resolve()),
+        model_name=args.hub_model_id.split("/")[-1] if args.hub_model_id else None,
+        license=args.license,
     )
 
 
