@@ -277,6 +277,33 @@ def test_eval_data_eval_fraction_and_the_no_evaluation_warning(data_dir, tmp_pat
         parse_args([*base, "--eval_fraction", "1.5"])
 
 
+def test_locked_towers_do_not_change(data_dir, tmp_path):
+    """Both towers locked: only the heads and critics train. The image tower locked but its
+    last layer: that layer (and the text tower) trains, the first layer does not."""
+    def weights_after(name, *flags):
+        out = tmp_path / name
+        train(parse_args(run_flags(data_dir, out, "--objective", "factorcl_ssl", "--max_train_steps", "2",
+                                   "--tiny_num_layers", "2", *flags)))
+        return load_file(out / "model" / "model.safetensors")
+
+    def changed(a, b, prefix):
+        keys = [k for k in a if k.startswith(prefix)]
+        assert keys, prefix
+        return max((a[k] - b[k]).abs().max().item() for k in keys) > 1e-12
+
+    # The same run with steps of ~1e-30: the initial weights, as the training run builds them.
+    initial = weights_after("initial", "--learning_rate", "1e-30", "--critic_learning_rate", "1e-30")
+    frozen = weights_after("frozen", "--lock_image", "--lock_text")
+    assert not changed(initial, frozen, "clip.vision_model.") and not changed(initial, frozen, "clip.text_model.")
+    assert not changed(initial, frozen, "clip.visual_projection") and changed(initial, frozen, "objective.heads.")
+    partial = weights_after("partial", "--lock_image", "--lock_image_unlocked_layers", "1")
+    assert not changed(initial, partial, "clip.vision_model.encoder.layers.0.")
+    assert not changed(initial, partial, "clip.vision_model.embeddings.")
+    assert changed(initial, partial, "clip.vision_model.encoder.layers.1.") and changed(initial, partial, "clip.text_model.")
+    with pytest.raises(ValueError, match="`lock_text_unlocked_layers` is 3, but the text tower has 2 layers"):
+        weights_after("bad", "--lock_text", "--lock_text_unlocked_layers", "3")
+
+
 def test_bad_inputs(data_dir, tmp_path):
     with pytest.raises(ValueError, match="no column 'text' \\(`caption_column`\\)"):
         train(parse_args(run_flags(data_dir, tmp_path, "--caption_column", "text", "--max_train_steps", "1")))

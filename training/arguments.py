@@ -56,6 +56,13 @@ class TrainingArguments:
     tiny_hidden_size: int = _option(64, "tiny CLIP: width of both towers")
     tiny_num_layers: int = _option(2, "tiny CLIP: layers of both towers")
     tiny_projection_dim: int = _option(64, "tiny CLIP: projection (backbone embedding) size")
+    lock_image: bool = _option(False, "freeze the image tower (vision model and projection), as open_clip's --lock-image")
+    lock_image_unlocked_layers: int = _option(0, "with --lock_image: leave its last N transformer layers (and the "
+                                              "final norm and projection) trainable")
+    lock_text: bool = _option(False, "freeze the text tower (text model and projection); with --lock_image only the "
+                              "FactorCL heads and critics train")
+    lock_text_unlocked_layers: int = _option(0, "with --lock_text: leave its last N transformer layers (and the final "
+                                             "norm and projection) trainable")
     # -- model: objective, heads and critics (FactorCLConfig fields, same defaults)
     objective: str = _option("factorcl_ssl", "a name of factorcl_hf.configuration_factorcl.OBJECTIVE_REGISTRY "
                              "(README: Training); supervised objectives need --label_column")
@@ -108,7 +115,8 @@ class TrainingArguments:
 
     def __post_init__(self):
         for name, minimum in (("per_device_train_batch_size", 2), ("logging_steps", 1), ("club_critic_check_steps", 0),
-                              ("club_critic_steps", 1)):
+                              ("club_critic_steps", 1), ("lock_image_unlocked_layers", 0),
+                              ("lock_text_unlocked_layers", 0)):
             if getattr(self, name) < minimum:
                 why = " for contrastive training" if name == "per_device_train_batch_size" else ""
                 raise ValueError(f"`{name}` must be >= {minimum}{why}, got {getattr(self, name)}")

@@ -186,6 +186,30 @@ def build_model_and_processor(args: TrainingArguments, data: TrainingData):
     return FactorCLModel(FactorCLConfig(clip_config=clip_config, **options)), tiny_clip_processor(tokenizer, args.tiny_image_size)
 
 
+def lock_towers(args: TrainingArguments, model: FactorCLModel) -> None:
+    """``--lock_image`` / ``--lock_text``: freeze a CLIP tower but its last N layers, final
+    norm and projection (none of them with N = 0). Frozen parameters get no gradient and are
+    left out of the optimizer (``main_parameters``), so they do not change at all."""
+    towers = {"image": ("vision_model", "visual_projection", "post_layernorm"),
+              "text": ("text_model", "text_projection", "final_layer_norm")}
+    for modality, (tower_name, projection, final_norm) in towers.items():
+        if not getattr(args, f"lock_{modality}"):
+            continue
+        unlocked = getattr(args, f"lock_{modality}_unlocked_layers")
+        tower, layers = getattr(model.clip, tower_name), getattr(model.clip, tower_name).encoder.layers
+        if unlocked > len(layers):
+            raise ValueError(f"`lock_{modality}_unlocked_layers` is {unlocked}, but the {modality} tower has "
+                             f"{len(layers)} layers")
+        for parameter in [*tower.parameters(), *getattr(model.clip, projection).parameters()]:
+            parameter.requires_grad_(False)
+        if unlocked:
+            for module in [*layers[len(layers) - unlocked:], getattr(tower, final_norm), getattr(model.clip, projection)]:
+                module.requires_grad_(True)
+    if args.lock_image or args.lock_text:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("Locked towers: %d of %d parameters train", trainable, sum(p.numel() for p in model.parameters()))
+
+
 def build_train_loader(args: TrainingArguments, model: FactorCLModel, processor, data: TrainingData):
     """The collator (labels for supervised objectives, augmented views for those that need
     them) and the shuffled training loader over ``data.train``."""

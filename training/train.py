@@ -48,6 +48,7 @@ def train(args: TrainingArguments) -> TrainingRun:
     accelerator = loop.build_accelerator(args)
     data = loop.build_data(args, accelerator)
     model, processor = loop.build_model_and_processor(args, data)
+    loop.lock_towers(args, model)
     collator, train_loader = loop.build_train_loader(args, model, processor, data)
     optimizer, critic_optimizer, scheduler, schedule = loop.build_optimizers(args, model, accelerator, len(train_loader))
     critic_optimizers = [critic_optimizer] if critic_optimizer else []
