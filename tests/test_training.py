@@ -304,6 +304,33 @@ def test_locked_towers_do_not_change(data_dir, tmp_path):
         weights_after("bad", "--lock_text", "--lock_text_unlocked_layers", "3")
 
 
+def test_trackers_get_the_evaluation_metrics_and_backbone_options_pass_through(data_dir, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_ = train(parse_args(run_flags(data_dir, tmp_path, "--objective", "simclr", "--max_train_steps", "2",
+                                      "--eval_split", "test", "--report_to", "tensorboard", "--logging_steps", "1",
+                                      "--gradient_checkpointing")))
+    clip = run_.model.clip
+    assert getattr(clip, "is_activation_checkpointing", None) or clip.is_gradient_checkpointing
+    events = {path.parent for path in (tmp_path / "logs").rglob("events.out.tfevents.*")}
+    tags = {tag for folder in events for tag in EventAccumulator(str(folder)).Reload().Tags()["scalars"]}
+    assert {"loss", "eval/image_to_text_R@1", "eval/mean_R@1", "eval/factorized_accuracy"} <= set(tags), tags
+    with pytest.raises(ValueError, match="`report_to` names unknown tracker 'tensorbored'"):
+        train(parse_args(run_flags(data_dir, tmp_path, "--report_to", "tensorboard,tensorbored")))
+    from training import loop
+
+    seen = {}
+
+    def capture(**kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(loop, "Accelerator", capture)
+    with pytest.raises(RuntimeError, match="stop"):
+        loop.build_accelerator(parse_args(run_flags(data_dir, tmp_path, "--torch_compile", "--report_to", "all")))
+    assert seen["dynamo_backend"] == "inductor" and seen["log_with"] == ["all"]
+
+
 def test_bad_inputs(data_dir, tmp_path):
     with pytest.raises(ValueError, match="no column 'text' \\(`caption_column`\\)"):
         train(parse_args(run_flags(data_dir, tmp_path, "--caption_column", "text", "--max_train_steps", "1")))

@@ -94,13 +94,17 @@ class TrainingArguments:
     gradient_accumulation_steps: int = _option(1, "micro-batches per optimizer step")
     max_grad_norm: float = _option(1.0, "clip the main parameters' gradient norm (0: off)")
     mixed_precision: Literal["no", "fp16", "bf16"] = _option("no", "mixed precision")
+    gradient_checkpointing: bool = _option(False, "recompute the CLIP backbone's activations in the backward pass "
+                                           "(less memory, more compute)")
+    torch_compile: bool = _option(False, "compile the model with torch.compile (accelerate's inductor backend)")
     cpu: bool = _option(False, "train on the CPU even if a GPU is present")
     seed: int = _option(0, "seed of the data, the model's initialization and the augmentations")
     # -- checkpoints, logging, evaluation, Hub
     checkpointing_steps: int | None = _option(None, "save an accelerate checkpoint every N optimizer steps")
     checkpoints_total_limit: int = _option(2, "checkpoints kept")
     resume_from_checkpoint: str | None = _option(None, "checkpoint dir, or 'latest' (newest under OUTPUT_DIR/checkpoints)")
-    report_to: Literal["none", "tensorboard"] = _option("none", "tracker of every loss term")
+    report_to: str = _option("none", "trackers of the loss terms and evaluation metrics (accelerate's log_with): "
+                             "none, all (every installed one), or names, comma-separated: tensorboard, wandb, mlflow, ...")
     logging_steps: int = _option(10, "log the mean loss terms of every N optimizer steps (train_log.jsonl, trackers)")
     club_critic_check_steps: int = _option(0, "after training, fit fresh CLUB critics for N steps on the frozen train "
                                            "features and compare them with the trained ones on the eval split "

@@ -60,7 +60,9 @@ def build_accelerator(args: TrainingArguments) -> Accelerator:
         cpu=args.cpu or multi_process_cpu,
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
+        log_with=trackers(args),
+        # None keeps what `accelerate launch --dynamo_backend` chose.
+        dynamo_backend="inductor" if args.torch_compile else None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         # Seeded shuffling: the data order of an epoch is the same after a resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
@@ -71,6 +73,32 @@ def build_accelerator(args: TrainingArguments) -> Accelerator:
     hide_library_progress_bars(keep_downloads=hub_data and not args.disable_tqdm)
     set_seed(args.seed)
     return accelerator
+
+
+def trackers(args: TrainingArguments) -> list[str] | None:
+    """``--report_to`` as accelerate's ``log_with``; an unknown or uninstalled tracker is an
+    error here, before the run (accelerate would drop an uninstalled one silently)."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    names = [name.strip() for name in args.report_to.split(",") if name.strip()]
+    if names in ([], ["none"]):
+        return None
+    if names == ["all"]:
+        return ["all"]
+    available = {str(tracker) for tracker in get_available_trackers()}
+    for name in names:
+        if name not in LoggerType.list() or name == "all":
+            raise ValueError(f"`report_to` names unknown tracker {name!r}; known: none, all, {sorted(LoggerType.list())}")
+        if name not in available:
+            raise ValueError(f"`report_to` tracker {name!r} is not installed (installed: {sorted(available)})")
+    return names
+
+
+def log_metrics(args: TrainingArguments, accelerator: Accelerator, metrics: dict, step: int) -> None:
+    """Evaluation metrics to the trackers, beside the loss terms (under ``eval/``)."""
+    if args.report_to != "none":
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=step)
 
 
 # ---------------------------------------------------------------------------------- data
@@ -186,10 +214,18 @@ def build_model_and_processor(args: TrainingArguments, data: TrainingData):
     return FactorCLModel(FactorCLConfig(clip_config=clip_config, **options)), tiny_clip_processor(tokenizer, args.tiny_image_size)
 
 
-def lock_towers(args: TrainingArguments, model: FactorCLModel) -> None:
-    """``--lock_image`` / ``--lock_text``: freeze a CLIP tower but its last N layers, final
-    norm and projection (none of them with N = 0). Frozen parameters get no gradient and are
-    left out of the optimizer (``main_parameters``), so they do not change at all."""
+def prepare_backbone(args: TrainingArguments, model: FactorCLModel) -> None:
+    """``--gradient_checkpointing``, and ``--lock_image`` / ``--lock_text``: freeze a CLIP
+    tower but its last N layers, final norm and projection (none of them with N = 0). Frozen
+    parameters get no gradient and are left out of the optimizer (``main_parameters``), so
+    they do not change at all."""
+    if args.gradient_checkpointing:
+        # transformers >= 5.x names it activation checkpointing (the old name warns FutureWarning).
+        enable = getattr(model.clip, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     towers = {"image": ("vision_model", "visual_projection", "post_layernorm"),
               "text": ("text_model", "text_projection", "final_layer_norm")}
     for modality, (tower_name, projection, final_norm) in towers.items():

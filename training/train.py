@@ -45,10 +45,11 @@ def train(args: TrainingArguments) -> TrainingRun:
     from training import loop
 
     loop.check_objective(args)
+    loop.trackers(args)
     accelerator = loop.build_accelerator(args)
     data = loop.build_data(args, accelerator)
     model, processor = loop.build_model_and_processor(args, data)
-    loop.lock_towers(args, model)
+    loop.prepare_backbone(args, model)
     collator, train_loader = loop.build_train_loader(args, model, processor, data)
     optimizer, critic_optimizer, scheduler, schedule = loop.build_optimizers(args, model, accelerator, len(train_loader))
     critic_optimizers = [critic_optimizer] if critic_optimizer else []
@@ -75,7 +76,9 @@ def train(args: TrainingArguments) -> TrainingRun:
         epoch = state.step // schedule.steps_per_epoch
         loop.train_one_epoch(args, accelerator, trainer, epoch)
         if args.eval_every_epoch and data.eval is not None and state.step < schedule.max_steps and accelerator.is_main_process:
-            loop.log.info("epoch %d: %s", epoch, loop.evaluate(args, unwrapped, processor, data))
+            metrics = loop.evaluate(args, unwrapped, processor, data)
+            loop.log.info("epoch %d: %s", epoch, metrics)
+            loop.log_metrics(args, accelerator, metrics, state.step)
             model.train()
     progress.close()
 
@@ -83,6 +86,7 @@ def train(args: TrainingArguments) -> TrainingRun:
     results.update(loop.club_critic_check(args, accelerator, unwrapped, collator, data))
     if data.eval is not None and accelerator.is_main_process:
         results.update(loop.evaluate(args, unwrapped, processor, data))
+        loop.log_metrics(args, accelerator, results, state.step)
     if args.save_seen_rows:
         loop.save_seen_rows(args, accelerator, trainer.seen_rows)
     accelerator.wait_for_everyone()
