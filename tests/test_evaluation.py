@@ -375,6 +375,11 @@ def test_cli_reads_csv_with_relative_image_paths(saved_model, shapes_dir, tmp_pa
     from_csv = run_cli(common + ["--data", str(table)])
     from_folder = run_cli(common + ["--data", str(shapes_dir)])
     assert from_csv["metrics"] == from_folder["metrics"]
+    # A `split` column names each row's split: --split test reads only those rows.
+    decoys = [f"{shapes_dir.name}/train/{path.name},\"a decoy\",train" for path in sorted((shapes_dir / "train").glob("*.png"))]
+    table.write_text("\n".join(["image,caption,split", *(f"{line},test" for line in lines[1:]), *decoys]) + "\n")
+    with_split = run_cli(common + ["--data", str(table), "--split", "test"])
+    assert with_split["num_samples"] == len(rows) and with_split["metrics"] == from_folder["metrics"]
 
 
 def test_zero_shot_cli_takes_class_names_from_the_configs_id2label(saved_model, shapes_dir, tmp_path):

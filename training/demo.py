@@ -34,6 +34,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
 
     from factorcl_hf import FactorCLModel
+    from factorcl_hf.progress import hide_library_progress_bars
     from factorcl_hf.data.shapes import save_sample_grid, shapes_label_accuracy_ceilings, write_shapes_imagefolder
     from factorcl_hf.evaluation.image_text import encode_image_text
 
@@ -41,6 +42,7 @@ def main(argv=None) -> dict:
     from training.arguments import parse_args as parse_train_args
     from training.train import train
 
+    hide_library_progress_bars()  # the local data's "Downloading data" bars are not the demo's progress
     out = Path(args.output_dir)
     recipe = load_config_file(args.config)
     num_samples = args.num_train_samples or recipe.get("num_train_samples", 2000)

@@ -77,6 +77,8 @@ def _load_dataset_dict(data: list[str], image_column: str):
     """A ``DatasetDict`` from an imagefolder directory or CSV/JSONL files (image paths resolved)."""
     import datasets
 
+    from ..data.image_text import split_by_column
+
     if len(data) == 1 and Path(data[0]).is_dir():
         return datasets.load_dataset("imagefolder", data_dir=data[0])
     suffixes = {Path(path).suffix.lower() for path in data}
@@ -89,8 +91,7 @@ def _load_dataset_dict(data: list[str], image_column: str):
         builder = "json"
     else:
         raise ValueError(f"`--data` files must all be .csv or all .jsonl/.json, got {sorted(suffixes)}")
-    # Files are read one by one so that relative image paths resolve against their own
-    # folder; together they form a single split.
+    # Files are read one by one so that relative image paths resolve against their own folder.
     parts = []
     for path in data:
         part = datasets.load_dataset(builder, data_files=str(path), split="train")
@@ -99,7 +100,8 @@ def _load_dataset_dict(data: list[str], image_column: str):
             part = part.map(lambda row: {image_column: str(base / row[image_column])})
             part = part.cast_column(image_column, datasets.Image())
         parts.append(part)
-    return datasets.DatasetDict({"train": datasets.concatenate_datasets(parts)})
+    # Together they form one split, unless a `split` column names each row's (as for training).
+    return split_by_column(datasets.concatenate_datasets(parts), ", ".join(data))
 
 
 def _select_splits(dataset_dict, args, needs_train: bool):
