@@ -331,6 +331,56 @@ def test_trackers_get_the_evaluation_metrics_and_backbone_options_pass_through(d
     assert seen["dynamo_backend"] == "inductor" and seen["log_with"] == ["all"]
 
 
+def parquet_shards(data_dir, out, num_shards=3):
+    """The embedded dataset's training split as Parquet shards (images embedded), the layout
+    of a large Hub dataset."""
+    import datasets
+
+    split = datasets.load_dataset("imagefolder", data_dir=str(data_dir), split="train")
+    out.mkdir(parents=True)
+    for index in range(num_shards):
+        split.shard(num_shards, index, contiguous=True).to_parquet(str(out / f"train-{index:05d}.parquet"))
+    return out
+
+
+def test_streaming_trains_like_the_map_style_run(data_dir, tmp_path):
+    """The same Parquet shards, streamed or loaded: both runs train (the loss falls) to
+    comparable losses, and the streamed one evaluates on --eval_data."""
+    shards = parquet_shards(data_dir, tmp_path / "shards")
+    flags = ["--train_data", str(shards), "--label_column", "label", *TINY, "--objective", "factorcl_sup",
+             "--max_train_steps", "6", "--logging_steps", "1", "--learning_rate", "3e-3"]
+
+    def losses(name, *extra):
+        run_ = train(parse_args([*flags, "--output_dir", str(tmp_path / name), *extra]))
+        return run_, [r["loss"] for r in map(json.loads, (tmp_path / name / "train_log.jsonl").read_text().splitlines())]
+
+    _, loaded = losses("loaded")
+    streamed_run, streamed = losses("streamed", "--streaming", "--streaming_shuffle_buffer", "16",
+                                    "--streaming_sample_rows", "24", "--eval_data", str(data_dir), "--eval_split", "test")
+    assert len(loaded) == len(streamed) == 6
+    for curve in (loaded, streamed):
+        assert sum(curve[-2:]) < sum(curve[:2]), curve
+    assert abs(streamed[-1] - loaded[-1]) < 0.5 * abs(loaded[0] - loaded[-1]) + 0.1, (loaded, streamed)
+    assert {"image_to_text_R@1", "factorized_accuracy"} <= streamed_run.results.keys()
+    assert streamed_run.results["skipped_undecodable_images"] == 0
+    with pytest.raises(ValueError, match="--streaming needs `max_train_steps`"):
+        parse_args([*flags[:-6], "--streaming"])
+
+
+@pytest.mark.slow
+def test_two_processes_stream_different_rows(data_dir, tmp_path):
+    shards = parquet_shards(data_dir, tmp_path / "shards", num_shards=2)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "training.train",
+               "--train_data", str(shards), "--output_dir", str(tmp_path / "out"), *TINY, "--objective", "simclr",
+               "--max_train_steps", "2", "--streaming", "--streaming_sample_rows", "16", "--save_seen_rows"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [set(json.loads((tmp_path / "out" / f"seen_rows.rank{r}.json").read_text())) for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 2 * 8 and not seen[0] & seen[1], seen
+
+
 def test_bad_inputs(data_dir, tmp_path):
     with pytest.raises(ValueError, match="no column 'text' \\(`caption_column`\\)"):
         train(parse_args(run_flags(data_dir, tmp_path, "--caption_column", "text", "--max_train_steps", "1")))

@@ -47,6 +47,11 @@ class TrainingArguments:
     unique_share: float | None = _option(None, "embedded dataset: share of labels from unique attributes "
                                          "(default: the dataset's)")
     dataloader_num_workers: int = _option(0, "data-loader worker processes")
+    streaming: bool = _option(False, "stream --train_data (a datasets IterableDataset, sharded across processes): a "
+                              "Hub dataset bigger than the disk trains without a download; needs --max_train_steps")
+    streaming_shuffle_buffer: int = _option(1000, "--streaming: rows in the shuffle buffer")
+    streaming_sample_rows: int = _option(1000, "--streaming: rows read up front for the tokenizer, label count and "
+                                         "the linear probe's training features")
     retrieval_match_columns: list[str] | None = _option(None, "also report retrieval where any item agreeing with "
                                                         "the query on these columns is a hit")
     # -- model: a CLIP checkpoint, or a tiny random CLIP
@@ -124,6 +129,9 @@ class TrainingArguments:
             if getattr(self, name) < minimum:
                 why = " for contrastive training" if name == "per_device_train_batch_size" else ""
                 raise ValueError(f"`{name}` must be >= {minimum}{why}, got {getattr(self, name)}")
+        if self.streaming and (not self.max_train_steps or self.eval_fraction):
+            raise ValueError("--streaming needs `max_train_steps` (a stream has no length) and no `eval_fraction` "
+                             "(give --eval_data)")
         if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
             raise ValueError(f"`eval_fraction` must be in (0, 1), got {self.eval_fraction}")
         if not self.critic_learning_rate > 0:

@@ -117,6 +117,13 @@ class TrainingData:
     eval_source: str | Path | None = None
     eval_split: str | None = None
     label_names: list[str] | None = None
+    # --streaming: this process's shard of the stream (``train`` is then a sample of it) and
+    # the count of its undecodable images, which grows as training reads it.
+    stream: Any = None
+    stream_dropped: dict | None = None
+
+    def skipped_images(self) -> int:
+        return self.dropped if self.stream_dropped is None else self.stream_dropped["count"]
 
 
 def build_data(args: TrainingArguments, accelerator: Accelerator) -> TrainingData:
@@ -136,8 +143,13 @@ def build_data(args: TrainingArguments, accelerator: Accelerator) -> TrainingDat
         raise ValueError(f"`label_column` is required by the supervised objective {args.objective!r}")
     columns = (args.image_column, args.caption_column, label_column)
     with accelerator.main_process_first():
-        data = load_image_text_dataset(source, *columns)
+        data = load_image_text_dataset(source, *columns, streaming=args.streaming)
         eval_data = load_image_text_dataset(args.eval_data, *columns) if args.eval_data and args.eval_split != "none" else None
+    if args.streaming:
+        from training.streaming import streaming_data
+
+        return TrainingData(label_column=label_column, source=source, dropped=0,
+                            **streaming_data(args, accelerator, data, eval_data, source, label_column))
     if args.train_split not in data:
         raise ValueError(f"`train_split` {args.train_split!r} not in the data; splits: {sorted(data)}")
     train_set, eval_set, eval_source, eval_split = eval_split_of(args, data, eval_data, source)
@@ -269,9 +281,9 @@ def build_train_loader(args: TrainingArguments, model: FactorCLModel, processor,
         max_length=config.clip_config.text_config.max_position_embeddings,
     )
     loader = torch.utils.data.DataLoader(
-        IndexedDataset(data.train),
+        IndexedDataset(data.train) if data.stream is None else data.stream,
         batch_size=args.per_device_train_batch_size,
-        shuffle=True,
+        shuffle=data.stream is None,  # a stream shuffles in its own buffer
         drop_last=True,  # every contrastive batch full (and the same size on every process)
         collate_fn=collator,
         num_workers=args.dataloader_num_workers,
@@ -293,6 +305,18 @@ class Schedule:
     @property
     def num_epochs(self) -> int:
         return math.ceil(self.max_steps / self.steps_per_epoch)
+
+
+def num_batches(args: TrainingArguments, accelerator: Accelerator, loader) -> int:
+    """Batches per epoch in all processes; a stream has no length, so one "epoch" is the run."""
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        return args.max_train_steps * args.gradient_accumulation_steps * accelerator.num_processes
+    return len(loader)
+
+
+def prepare_loader(args: TrainingArguments, accelerator: Accelerator, loader):
+    """accelerate's sharding of the loader; a stream is sharded already (``split_dataset_by_node``)."""
+    return loader if isinstance(loader.dataset, torch.utils.data.IterableDataset) else accelerator.prepare(loader)
 
 
 def build_optimizers(args: TrainingArguments, model: FactorCLModel, accelerator: Accelerator, num_batches: int):
@@ -379,11 +403,15 @@ def train_one_epoch(args: TrainingArguments, accelerator: Accelerator, trainer: 
     epoch skips the batches it already trained on."""
     state, schedule = trainer.state, trainer.schedule
     trainer.collator.epoch = epoch
-    trainer.train_loader.set_epoch(epoch)
+    loader = trainer.train_loader
+    # A streamed loader is not accelerate's: its dataset reshuffles, and its batches move here.
+    (loader.set_epoch if hasattr(loader, "set_epoch") else loader.dataset.set_epoch)(epoch)
     skip = (state.step - epoch * schedule.steps_per_epoch) * args.gradient_accumulation_steps
-    loader = accelerator.skip_first_batches(trainer.train_loader, skip) if skip else trainer.train_loader
+    loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+    first_step = state.step
     for batch in loader:
         trainer.seen_rows.extend(batch.pop("row_indices").tolist())
+        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
         outputs = training_step(
             trainer.model, {**batch, "return_loss": True}, trainer.optimizer, trainer.critic_optimizer,
             club_critic_steps=args.club_critic_steps, scheduler=trainer.scheduler, max_grad_norm=args.max_grad_norm,
@@ -398,6 +426,8 @@ def train_one_epoch(args: TrainingArguments, accelerator: Accelerator, trainer: 
             save_checkpoint(accelerator, Path(args.output_dir), state.step, args.checkpoints_total_limit)
         if state.step >= schedule.max_steps:
             break
+    if state.step == first_step:
+        raise ValueError("The training data gave no full batch: fewer usable rows than --per_device_train_batch_size")
 
 
 # --------------------------------------------------------------------- evaluate and save

@@ -51,11 +51,12 @@ def train(args: TrainingArguments) -> TrainingRun:
     model, processor = loop.build_model_and_processor(args, data)
     loop.prepare_backbone(args, model)
     collator, train_loader = loop.build_train_loader(args, model, processor, data)
-    optimizer, critic_optimizer, scheduler, schedule = loop.build_optimizers(args, model, accelerator, len(train_loader))
-    critic_optimizers = [critic_optimizer] if critic_optimizer else []
-    model, optimizer, train_loader, scheduler, *critic_optimizers = accelerator.prepare(
-        model, optimizer, train_loader, scheduler, *critic_optimizers
+    optimizer, critic_optimizer, scheduler, schedule = loop.build_optimizers(
+        args, model, accelerator, loop.num_batches(args, accelerator, train_loader)
     )
+    critic_optimizers = [critic_optimizer] if critic_optimizer else []
+    model, optimizer, scheduler, *critic_optimizers = accelerator.prepare(model, optimizer, scheduler, *critic_optimizers)
+    train_loader = loop.prepare_loader(args, accelerator, train_loader)
     critic_optimizer = critic_optimizers[0] if critic_optimizers else None
     unwrapped = accelerator.unwrap_model(model)
     state = loop.TrainState()
@@ -65,7 +66,8 @@ def train(args: TrainingArguments) -> TrainingRun:
     if args.report_to != "none":
         accelerator.init_trackers("factorcl", config=loop.tracker_config(args))
 
-    loop.log.info("Training %s on %d rows: %d steps (%d epochs), %d process(es)", args.objective, len(data.train),
+    rows = "a stream" if data.stream is not None else f"{len(data.train)} rows"
+    loop.log.info("Training %s on %s: %d steps (%d epochs), %d process(es)", args.objective, rows,
                   schedule.max_steps, schedule.num_epochs, accelerator.num_processes)
     progress = loop.progress_bar(args, accelerator, state.step, schedule.max_steps)
     loss_log = loop.LossLog(args, accelerator, schedule.max_steps)
@@ -82,7 +84,7 @@ def train(args: TrainingArguments) -> TrainingRun:
             model.train()
     progress.close()
 
-    results = {"objective": args.objective, "steps": state.step, "skipped_undecodable_images": data.dropped}
+    results = {"objective": args.objective, "steps": state.step, "skipped_undecodable_images": data.skipped_images()}
     results.update(loop.club_critic_check(args, accelerator, unwrapped, collator, data))
     if data.eval is not None and accelerator.is_main_process:
         results.update(loop.evaluate(args, unwrapped, processor, data))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ def load_image_text_dataset(
     caption_column: str = "caption",
     label_column: str | None = None,
     split: str | None = None,
+    streaming: bool = False,
 ):
     """Load a dataset with image and caption columns (and optionally a label column).
 
@@ -41,9 +43,16 @@ def load_image_text_dataset(
     import datasets
 
     path = Path(source)
-    if path.is_dir():
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+    if path.is_dir() and any(path.glob("*.parquet")):
+        # Parquet shards (e.g. `Dataset.to_parquet` output, images embedded): one split.
+        shards = sorted(str(shard) for shard in path.glob("*.parquet"))
+        loaded = datasets.load_dataset("parquet", data_files={"train": shards}, streaming=streaming)
+    elif path.is_dir():
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
     elif path.suffix in _LOCAL_FORMATS:
+        if streaming:
+            raise ValueError(f"streaming reads Parquet shards in a folder, an imagefolder or a Hub dataset; the local "
+                             f"file {str(path)!r} loads whole (drop --streaming)")
         if not path.exists():
             raise ValueError(f"data file {str(path)!r} does not exist")
         if path.stat().st_size == 0:
@@ -52,15 +61,15 @@ def load_image_text_dataset(
         # Relative image paths are relative to the file, not to the working directory.
         loaded = loaded.map(
             lambda row: {image_column: str(path.parent / row[image_column]) if row.get(image_column) else None}
-        )
-        loaded = split_by_column(loaded.cast_column(image_column, datasets.Image())["train"], str(path))
+        ).cast_column(image_column, datasets.Image())
+        loaded = split_by_column(loaded["train"], str(path))
     else:
-        loaded = datasets.load_dataset(str(source))
+        loaded = datasets.load_dataset(str(source), streaming=streaming)
     if split is not None:
         if split not in loaded:
             raise ValueError(f"`split` {split!r} not found in {str(source)!r}; available: {sorted(loaded)}")
         loaded = loaded[split]
-    for name, part in loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(split, loaded)]:
+    for name, part in loaded.items() if isinstance(loaded, dict) else [(split, loaded)]:
         check_columns(part, image_column, caption_column, label_column, where=f"{source} [{name}]")
     return loaded
 
@@ -89,11 +98,12 @@ def check_columns(dataset, image_column: str, caption_column: str, label_column:
     if label_column is not None:
         required["label_column"] = label_column
     for argument, column in required.items():
-        if column not in dataset.column_names:
+        # A stream of undeclared features names its columns only once read.
+        if dataset.column_names is not None and column not in dataset.column_names:
             raise ValueError(
                 f"{where} has no column {column!r} (`{argument}`); its columns are {dataset.column_names}"
             )
-    if len(dataset) == 0:
+    if isinstance(dataset, Sized) and len(dataset) == 0:  # a stream's length is unknown
         raise ValueError(f"{where} is empty: need at least 2 rows for contrastive training")
 
 
@@ -138,6 +148,23 @@ def encode_labels(splits: dict[str, Any], label_column: str | None) -> tuple[dic
     return encoded, names
 
 
+def image_decodes(value) -> bool:
+    """Whether an undecoded ``datasets.Image`` value (``{"bytes", "path"}``) opens as an image."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    if value is None:
+        return False
+    try:
+        source = BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        with Image.open(source) as image:
+            image.load()
+        return True
+    except Exception:  # noqa: BLE001 - any decoding failure means "skip this row"
+        return False
+
+
 def drop_undecodable_images(dataset, image_column: str = "image"):
     """Drop rows whose image fails to decode; returns ``(dataset, number_dropped)``.
 
@@ -147,24 +174,7 @@ def drop_undecodable_images(dataset, image_column: str = "image"):
     import datasets
 
     raw = dataset.cast_column(image_column, datasets.Image(decode=False))
-
-    def decodes(row) -> bool:
-        from io import BytesIO
-
-        from PIL import Image
-
-        value = row[image_column]
-        if value is None:
-            return False
-        try:
-            source = BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-            with Image.open(source) as image:
-                image.load()
-            return True
-        except Exception:  # noqa: BLE001 - any decoding failure means "skip this row"
-            return False
-
-    keep = raw.filter(decodes)
+    keep = raw.filter(lambda row: image_decodes(row[image_column]))
     dropped = len(dataset) - len(keep)
     if dropped:
         logger.warning("Skipped %d of %d rows whose %r failed to decode", dropped, len(dataset), image_column)
