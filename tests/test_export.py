@@ -89,6 +89,21 @@ def test_embed_texts_to_npy_and_bad_input(saved_model, tmp_path):
         run_embed(["--model", str(directory), "--texts", str(texts), "--out", str(tmp_path / "x.csv")])
 
 
+def test_search_texts_by_image(saved_model, shapes_dir, tmp_path):
+    directory, model, processor = saved_model
+    captions = [json.loads(line)["caption"] for line in (shapes_dir / "test" / "metadata.jsonl").read_text().splitlines()]
+    texts = tmp_path / "captions.txt"
+    texts.write_text("\n".join(captions) + "\n")
+    out = tmp_path / "captions.parquet"
+    run_embed(["--model", str(directory), "--texts", str(texts), "--out", str(out), "--no-progress"])
+    image = sorted((shapes_dir / "test").glob("*.png"))[0]
+    hits = run_search(["--index", str(out), "--model", str(directory), "--query-image", str(image), "--top-k", "2"])
+    stored = torch.tensor(np.asarray(pq.read_table(out).to_pydict()["pooler"], dtype=np.float32))
+    query = extract_embeddings(model, processor, [image], "image")["pooler"]
+    scores = score_matrix(query, stored, model.objective.alignment_critic)[0]
+    assert [item for item, _ in hits] == [str(i) for i in scores.topk(2).indices.tolist()]
+
+
 @pytest.mark.slow
 def test_console_script_exits_0(saved_model, tmp_path):
     directory, _, _ = saved_model
