@@ -1,13 +1,13 @@
 """Text-to-image search with a saved FactorCL model: index a folder of images, query by text.
 
 Every image under ``--images`` is embedded once; each ``--query`` is scored against all of
-them in the shared space (the model's alignment critic on the ``pooler`` embedding, exactly
+them in the shared space (images that fail to decode are skipped and counted) (the model's alignment critic on the ``pooler`` embedding, exactly
 what ``logits_per_image`` computes) and the top-k images are printed with their scores. When
 the folder has a ``metadata.jsonl`` (an imagefolder), each hit's caption is shown beside it.
 
 Run on the embedded shapes dataset with the demo model (``make demo`` saves it)::
 
-    python examples/zero_shot_retrieval.py --model outputs/demo/factorcl_ssl \\
+    python examples/zero_shot_retrieval.py --model outputs/demo/factorcl_ssl/model \\
         --query "a large circle at the top" --query "a small cross at the bottom"
 
 Without ``--images`` the shapes test split is written to ``--shapes-dir`` and indexed.
@@ -85,7 +85,7 @@ def main(argv=None):
     from transformers import AutoModel, AutoProcessor
 
     import factorcl_hf  # noqa: F401  (registers the "factorcl" model type)
-    from factorcl_hf.evaluation.embed import embed_images
+    from factorcl_hf.evaluation.embed import embed_image_files
 
     if args.images:
         folder = Path(args.images)
@@ -99,8 +99,11 @@ def main(argv=None):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModel.from_pretrained(args.model).to(device).eval()
     processor = AutoProcessor.from_pretrained(args.model)
-    image_embeds = embed_images(model, processor, paths, args.embedding, batch_size=args.batch_size, progress=True)
-    print(f"indexed {len(paths)} images from {folder}")
+    embeds, kept = embed_image_files(model, processor, paths, args.embedding, batch_size=args.batch_size, progress=True)
+    image_embeds = embeds[args.embedding]
+    skipped = len(paths) - len(kept)
+    paths = [paths[i] for i in kept]
+    print(f"indexed {len(paths)} images from {folder}" + (f" (skipped {skipped} that failed to decode)" if skipped else ""))
 
     results = search(model, processor, image_embeds, args.query, args.top_k, args.embedding)
     for query, hits in results:

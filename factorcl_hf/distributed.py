@@ -29,7 +29,10 @@ def gather_features(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor
     """
     if world_size() == 1:
         return list(tensors)
-    from torch.distributed._functional_collectives import all_gather_tensor_autograd
+    from torch.distributed import _functional_collectives as collectives
+
+    # Newer torch renamed it (the old name warns FutureWarning); older torch has only the old one.
+    all_gather_autograd = getattr(collectives, "all_gather_single_autograd", None) or collectives.all_gather_tensor_autograd
 
     floats = [t for t in tensors if t is not None and t.is_floating_point()]
     gathered_floats: list[torch.Tensor] = []
@@ -37,7 +40,7 @@ def gather_features(tensors: Sequence[torch.Tensor | None]) -> list[torch.Tensor
         # One collective for all float tensors: concatenate along features, gather, split.
         widths = [t.shape[1] for t in floats]
         packed = torch.cat([t.reshape(t.shape[0], -1) for t in floats], dim=1).contiguous()
-        gathered = all_gather_tensor_autograd(packed, gather_dim=0, group=dist.group.WORLD)
+        gathered = all_gather_autograd(packed, gather_dim=0, group=dist.group.WORLD)
         gathered_floats = list(gathered.split(widths, dim=1))
     out: list[torch.Tensor | None] = []
     floats_iter = iter(gathered_floats)

@@ -28,6 +28,8 @@ __all__ = [
     "MODEL_CARD_TEMPLATE",
     "MODEL_CARD_TAGS",
     "build_model_card",
+    "class_names",
+    "validate_model_card",
     "save_model_card",
     "save_for_hub",
     "push_to_hub",
@@ -48,15 +50,63 @@ PIPELINE_TAG = "zero-shot-image-classification"
 # Short enough for small text position tables; also CLIP's customary prompt.
 HYPOTHESIS_TEMPLATE = "a photo of a {}."
 
-# Evaluation task -> (model-index task type, pretty task name).
+# Evaluation task -> (model-index task type, pretty task name). Task types are the Hub's task
+# ids (huggingface.js `PIPELINE_DATA`): the Hub has no image-text retrieval or probe task, so
+# evaluations of the embeddings are filed under image-feature-extraction.
 _TASKS = {
-    "retrieval": ("image-text-retrieval", "Image-text retrieval"),
+    "retrieval": ("image-feature-extraction", "Image-text retrieval"),
     "zero_shot": ("zero-shot-image-classification", "Zero-shot image classification"),
     "irfl_mc": ("multiple-choice", "IRFL multiple choice"),
-    "irfl_type": ("image-text-classification", "IRFL figurative-type linear probe"),
-    "probe": ("image-text-classification", "Linear probe"),
-    "information": ("mutual-information-estimation", "Label information (nats)"),
+    "irfl_type": ("image-feature-extraction", "IRFL figurative-type linear probe"),
+    "probe": ("image-feature-extraction", "Linear probe"),
+    "information": ("image-feature-extraction", "Label information (nats)"),
 }
+
+
+def _metric_type(metric: str) -> str:
+    """The Hub's metric id (``evaluate``'s names) of one of this package's metric names
+    (``image_to_text_R@1``, ``factorized_accuracy``, ``top1``, ...); the name itself says which."""
+    if "R@" in metric or metric == "mean_recall":
+        return "recall"
+    if metric.endswith("accuracy") or metric.startswith("top"):
+        return "accuracy"
+    return metric
+
+
+# The Hub's task ids (huggingface.js `PIPELINE_DATA`) that a FactorCL card may use.
+HUB_TASK_TYPES = frozenset({
+    "zero-shot-image-classification", "image-feature-extraction", "feature-extraction", "image-classification",
+    "multiple-choice", "text-retrieval", "visual-document-retrieval", "image-text-to-text", "other",
+})
+# The Hub's license ids (https://huggingface.co/docs/hub/repositories-licenses), the common ones.
+HUB_LICENSES = frozenset({
+    "apache-2.0", "mit", "openrail", "openrail++", "creativeml-openrail-m", "bigscience-openrail-m", "bsd",
+    "bsd-2-clause", "bsd-3-clause", "cc0-1.0", "cc-by-2.0", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0",
+    "cc-by-nc-2.0", "cc-by-nc-3.0", "cc-by-nc-4.0", "cc-by-nd-4.0", "cc-by-nc-nd-4.0", "cc-by-nc-sa-4.0",
+    "gpl-2.0", "gpl-3.0", "lgpl-2.1", "lgpl-3.0", "agpl-3.0", "mpl-2.0", "epl-2.0", "isc", "unlicense", "wtfpl",
+    "llama2", "llama3", "llama3.1", "gemma", "other", "unknown",
+})
+
+
+def validate_model_card(card) -> None:
+    """Check ``card`` as the Hub reads it, offline: huggingface_hub parses its YAML into
+    ``ModelCardData`` (raising on a malformed model-index); the license and every model-index
+    task type must be Hub ids, and ``base_model``/``datasets`` Hub repositories, not local
+    paths. (``ModelCard.validate`` asks the Hub itself; ``push_to_hub`` does that on upload.)
+    Raises ``ValueError`` naming the field."""
+    from huggingface_hub import ModelCard
+
+    data = ModelCard(str(card)).data
+    if data.license not in HUB_LICENSES:
+        raise ValueError(f"model card `license` must be a Hub license id (e.g. apache-2.0, mit), got {data.license!r}")
+    for field in ("base_model", "datasets"):
+        values = getattr(data, field, None) or []
+        for value in [values] if isinstance(values, str) else values:
+            if Path(value).is_absolute() or Path(value).exists() or value.count("/") > 1:
+                raise ValueError(f"model card `{field}` must name Hub repositories, got the local path {value!r}")
+    for result in data.eval_results or []:
+        if result.task_type not in HUB_TASK_TYPES:
+            raise ValueError(f"model-index task type {result.task_type!r} is not a Hub task id ({sorted(HUB_TASK_TYPES)})")
 
 
 def _config_of(model_or_config):
@@ -106,7 +156,7 @@ def _eval_results(records: list[Mapping[str, Any]]):
             results.append(EvalResult(
                 task_type=task_type, task_name=task_name,
                 dataset_type=record.get("dataset_type", dataset), dataset_name=dataset, dataset_split=split,
-                metric_type=metric, metric_name=metric_name, metric_value=float(value),
+                metric_type=_metric_type(metric), metric_name=metric_name, metric_value=float(value),
             ))
             rows.append({"task": task_name, "dataset": dataset, "split": split or "", "metric": metric_name,
                          "value": f"{float(value):.4f}"})
@@ -125,6 +175,17 @@ def _embedding_sizes(config) -> dict[str, int]:
         "factorized_dim": shared_dim + unique_dim,
         "backbone_dim": config.backbone_embed_dim,
     }
+
+
+def class_names(model_or_config) -> list[str] | None:
+    """The label names of ``config.id2label`` in id order, or ``None`` when they are only
+    transformers' placeholders (``LABEL_0``, ...), i.e. the labels were bare integers."""
+    config = getattr(model_or_config, "config", model_or_config)
+    id2label = getattr(config, "id2label", None) or {}
+    names = [str(id2label[i]) for i in sorted(id2label, key=int)]
+    if not names or all(name == f"LABEL_{i}" for i, name in enumerate(names)):
+        return None
+    return names
 
 
 def build_model_card(
@@ -150,7 +211,7 @@ def build_model_card(
         training_summary: free text, or a mapping such as ``{"epochs": 10, "learning_rate": 1e-6}``
             rendered as a list.
         model_name: title and model-index name (default: the repo name or ``clip-<objective>``).
-        repo_id: used in the card's loading snippets (default: ``model_name``).
+        repo_id: the Hub id or local folder the card's loading snippets load (default: ``model_name``).
         license: SPDX-style license id for the metadata.
         template_path: another Jinja template (default: :data:`MODEL_CARD_TEMPLATE`).
 
@@ -171,7 +232,8 @@ def build_model_card(
 
     objective = config.objective
     spec = objective_spec(objective)
-    model_name = model_name or (repo_id.split("/")[-1] if repo_id else f"clip-{objective.replace('_', '-')}")
+    on_hub = repo_id and not Path(repo_id).is_absolute() and not Path(repo_id).exists()
+    model_name = model_name or (repo_id.split("/")[-1] if on_hub else f"clip-{objective.replace('_', '-')}")
     results, rows = _eval_results(_records(eval_results))
     card_data = ModelCardData(
         model_name=model_name,
@@ -199,6 +261,7 @@ def build_model_card(
         training_text=training_summary if isinstance(training_summary, str) else None,
         eval_rows=rows,
         hypothesis_template=HYPOTHESIS_TEMPLATE,
+        class_names=class_names(config),
     )
 
 

@@ -23,6 +23,8 @@ from .configuration_factorcl import BACKBONE_TYPES, FactorCLConfig
 from .integrity import check_finite, check_model_path, verify_checksums, write_checksums
 from .objectives import ContrastiveObjective, Representation, build_objective
 
+logger = logging.getLogger(__name__)
+
 MODALITIES = ("image", "text")
 # The backbone model class of each supported `FactorCLConfig.backbone_type`.
 BACKBONE_CLASSES = {"clip": CLIPModel, "siglip": SiglipModel}
@@ -292,7 +294,7 @@ class FactorCLModel(FactorCLPreTrainedModel):
                 f"{BACKBONE_TYPES} (e.g. openai/clip-vit-base-patch32, google/siglip-base-patch16-224)"
             )
         config = FactorCLConfig(clip_config=backbone_config, **config_overrides)
-        return cls.from_pretrained(clip, config=config)
+        return _from_clip_checkpoint(cls, clip, config)
 
     # --------------------------------------------------------------- validation
     def _check_pixels(self, name: str, pixel_values: torch.Tensor | None):
@@ -346,7 +348,7 @@ class FactorCLModel(FactorCLPreTrainedModel):
         return dict(
             output_attentions=config.output_attentions if output_attentions is None else output_attentions,
             output_hidden_states=config.output_hidden_states if output_hidden_states is None else output_hidden_states,
-            return_dict=config.use_return_dict if return_dict is None else return_dict,
+            return_dict=config.return_dict if return_dict is None else return_dict,
         )
 
     def _backbone(self, modality: str, output_attentions: bool, output_hidden_states: bool, **inputs):
@@ -552,5 +554,22 @@ class FactorCLModel(FactorCLPreTrainedModel):
         club = {id(p) for p in self.club_critic_parameters()}
         return [p for p in self.parameters() if id(p) not in club and p.requires_grad]
 
+
+def _from_clip_checkpoint(cls, clip: str | os.PathLike, config: FactorCLConfig) -> FactorCLModel:
+    """``from_pretrained`` of a plain CLIP checkpoint. The heads and critics (``objective.*``)
+    are new by design, so transformers' load report (a line per missing key) becomes one
+    line; any other missing or unexpected key is still a warning."""
+    report = logging.getLogger("transformers.modeling_utils")
+    level = report.level
+    report.setLevel(logging.ERROR)
+    try:
+        model, info = cls.from_pretrained(clip, config=config, output_loading_info=True)
+    finally:
+        report.setLevel(level)
+    logger.info("FactorCL heads and critics (objective.*) initialised fresh; the CLIP backbone loaded from %s", clip)
+    other = [key for key in info["missing_keys"] if not key.startswith("objective.")] + list(info["unexpected_keys"])
+    if other:
+        logger.warning("Loading the CLIP checkpoint %s: missing or unexpected keys %s", clip, sorted(other))
+    return model
 
 __all__ = ["FactorCLModel", "FactorCLPreTrainedModel", "FactorCLOutput", "FactorCLEmbeddings"]

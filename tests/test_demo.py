@@ -28,7 +28,7 @@ def test_demo_reports_what_its_saved_model_gives(tmp_path):
         metrics = evaluate_image_text(model, processor, data["train"], data["test"], label_column="label",
                                       match_columns=["shape", "size", "position"])
         reported = {k: v for k, v in saved[objective].items() if k in metrics}
-        assert set(reported) == {"probe_acc", "backbone_probe_acc", "retrieval_r1", "retrieval_r5", "retrieval_match_r1"}
+        assert set(reported) == {"factorized_accuracy", "backbone_accuracy", "mean_R@1", "mean_R@5", "match_mean_R@1"}
         assert reported == {k: metrics[k] for k in reported}, objective
 
 
@@ -38,7 +38,7 @@ def test_demo_with_several_seeds_reports_each_seed_and_their_mean(tmp_path, caps
                     "--disable_tqdm", "--objectives", "simclr", "--seeds", "0", "1"])
     per_seed = results["simclr"]["seeds"]
     assert sorted(per_seed) == [0, 1]
-    for key in ("probe_acc", "retrieval_match_r1", "retrieval_r1"):
+    for key in ("factorized_accuracy", "match_mean_R@1", "mean_R@1"):
         values = [per_seed[s][key] for s in (0, 1)]
         assert results["simclr"][key] == pytest.approx(sum(values) / 2)
         assert results["simclr"][f"{key}_std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)

@@ -1,6 +1,8 @@
 """Two CPU processes (gloo): the gathered objective gives exactly the gradients of the
 global batch, as one process would compute them."""
 
+import warnings
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -40,6 +42,8 @@ NAMES = ["factorcl_sup", "factorcl_ssl", "simclr"]
 
 def worker(rank, world, init_file, result_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # The gather uses torch's current collective, not a deprecated alias (its FutureWarning is noise).
+    warnings.filterwarnings("error", message=".*is deprecated", category=FutureWarning)
     # Plain tensors (collective results are lazily-waited tensor subclasses).
     plain = lambda t: torch.from_numpy(t.detach().numpy().copy())  # noqa: E731
     try:

@@ -375,6 +375,31 @@ def test_cli_reads_csv_with_relative_image_paths(saved_model, shapes_dir, tmp_pa
     from_csv = run_cli(common + ["--data", str(table)])
     from_folder = run_cli(common + ["--data", str(shapes_dir)])
     assert from_csv["metrics"] == from_folder["metrics"]
+    # A `split` column names each row's split: --split test reads only those rows.
+    decoys = [f"{shapes_dir.name}/train/{path.name},\"a decoy\",train" for path in sorted((shapes_dir / "train").glob("*.png"))]
+    table.write_text("\n".join(["image,caption,split", *(f"{line},test" for line in lines[1:]), *decoys]) + "\n")
+    with_split = run_cli(common + ["--data", str(table), "--split", "test"])
+    assert with_split["num_samples"] == len(rows) and with_split["metrics"] == from_folder["metrics"]
+
+
+def test_zero_shot_cli_takes_class_names_from_the_configs_id2label(saved_model, shapes_dir, tmp_path):
+    """Bare integer labels and no --class-names: the names the model was trained with."""
+    from factorcl_hf.data.shapes import SHAPES
+
+    directory, model, processor = saved_model
+    named = tmp_path / "named"
+    model.config.id2label = dict(enumerate(SHAPES))
+    try:
+        model.save_pretrained(named)
+    finally:
+        model.config.id2label = {0: "LABEL_0", 1: "LABEL_1"}
+    processor.save_pretrained(named)
+    common = ["--task", "zero_shot", "--data", str(shapes_dir), "--label-column", "shape_idx", "--no-progress",
+              "--templates", "a photo of a {}."]
+    record = run_cli(["--model", str(named), *common])
+    assert record["class_names"] == list(SHAPES) and 0 <= record["metrics"]["top1"] <= 1
+    with pytest.raises(SystemExit):
+        run_cli(["--model", str(directory), *common])
 
 
 # --------------------------------------------------------------------------- pipeline and example
@@ -402,3 +427,22 @@ def test_zero_shot_retrieval_example(saved_model, shapes_dir, capsys):
     expected = [str(paths[i]) for i in scores.topk(3).indices.tolist()]
     assert [path for path, _ in results[0][1]] == expected
     assert query in capsys.readouterr().out
+
+
+def test_zero_shot_retrieval_example_skips_undecodable_images(saved_model, shapes_dir, tmp_path, capsys):
+    import shutil
+
+    directory, model, processor = saved_model
+    images, _, _ = shapes_test_split(shapes_dir)
+    for path in images[:4]:
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "broken.png").write_bytes(b"not a png at all")
+    example = runpy.run_path(str(REPO / "examples" / "zero_shot_retrieval.py"))
+    results = example["main"](["--model", str(directory), "--images", str(tmp_path), "--query", "a circle",
+                               "--top-k", "10", "--batch-size", "2"])
+    assert sorted(Path(path).name for path, _ in results[0][1]) == sorted(path.name for path in images[:4])
+    out = capsys.readouterr().out
+    assert "indexed 4 images" in out and "skipped 1 that failed to decode" in out
+    # The docstring's command names the folder `make demo` really saves the model in.
+    doc = example["__doc__"]
+    assert "--model outputs/demo/factorcl_ssl/model" in doc

@@ -61,10 +61,10 @@ def test_card_renders_and_reloads_with_its_metadata(tmp_path, model_and_processo
     assert data.datasets == ["lampent/IRFL"]
     assert set(MODEL_CARD_TAGS) <= set(data.tags)
     assert data.model_name == "clip-factorcl"
-    results = {r.metric_type: r for r in data.eval_results}
-    assert {k: r.metric_value for k, r in results.items()} == RECORD["metrics"]
-    assert {(r.dataset_name, r.dataset_split, r.task_type) for r in results.values()} == {
-        ("shapes", "test", "image-text-retrieval")
+    results = {r.metric_name: r for r in data.eval_results}
+    assert {k.removesuffix(" (pooler embedding)"): r.metric_value for k, r in results.items()} == RECORD["metrics"]
+    assert {(r.dataset_name, r.dataset_split, r.task_type, r.metric_type) for r in results.values()} == {
+        ("shapes", "test", "image-feature-extraction", "recall")
     }
     # The body: loading with and without the package, training, limitations, the results table.
     body = card.text
@@ -90,6 +90,19 @@ def test_card_of_a_non_factorized_objective_and_bad_input(model_and_processor):
         build_model_card(config, {"image_to_text_R@1": 0.5})
     with pytest.raises(ValueError, match="model_or_config"):
         build_model_card(model.config.clip_config)
+
+
+def test_card_validation_names_what_the_hub_would_reject(tmp_path, model_and_processor):
+    from factorcl_hf.hub import validate_model_card
+
+    model, _ = model_and_processor
+    validate_model_card(card_for(model, license="mit"))
+    with pytest.raises(ValueError, match="`license` must be a Hub license id"):
+        validate_model_card(card_for(model))
+    with pytest.raises(ValueError, match="`base_model` must name Hub repositories"):
+        validate_model_card(build_model_card(model, base_model=str(tmp_path), license="mit"))
+    with pytest.raises(ValueError, match="task type 'made-up'"):
+        validate_model_card(build_model_card(model, {**RECORD, "task": "made-up"}, license="mit"))
 
 
 FRESH_SCRIPT = r"""

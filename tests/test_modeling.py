@@ -96,9 +96,14 @@ def test_plain_clip_checkpoint_loads_into_the_backbone(tmp_path, clip_config, ba
         torch.testing.assert_close(ours_text, theirs_text, rtol=0, atol=0)
 
 
-def test_heads_are_freshly_initialized_not_zero(tmp_path, clip_config):
+def test_heads_are_freshly_initialized_not_zero(tmp_path, clip_config, capfd, caplog):
     CLIPModel(clip_config).save_pretrained(tmp_path)
-    model = FactorCLModel.from_clip(tmp_path, **SMALL_HEADS)
+    capfd.readouterr()
+    with caplog.at_level("INFO", logger="factorcl_hf"):
+        model = FactorCLModel.from_clip(tmp_path, **SMALL_HEADS)
+    # New heads and critics are said in one line, not transformers' report of every key.
+    assert "LOAD REPORT" not in capfd.readouterr().err + caplog.text
+    assert caplog.text.count("objective.*") == 1 and "missing or unexpected" not in caplog.text
     weights = [p for n, p in model.named_parameters() if n.startswith("objective.") and p.dim() == 2]
     assert weights and all(w.std() > 0 for w in weights)
 

@@ -26,6 +26,18 @@ def test_separable_data_is_probed_perfectly():
     assert linear_probe_accuracy(train_x, train_y, test_x, test_y) == 1.0
 
 
+def test_an_unconverged_probe_is_not_a_warning_per_fit(caplog):
+    """Two LBFGS iterations never converge: scikit-learn's ConvergenceWarning (printed
+    several times per probe in `make demo`) becomes one debug log line."""
+    import warnings
+
+    train_x, train_y = separable_split(0, margin=0.0)
+    with warnings.catch_warnings(), caplog.at_level("DEBUG", logger="factorcl_hf.evaluation.probe"):
+        warnings.simplefilter("error")
+        accuracy = linear_probe_accuracy(train_x, train_y, train_x, train_y, max_iter=2)
+    assert 0.5 < accuracy <= 1 and "before converging" in caplog.text
+
+
 def test_torch_and_numpy_inputs_give_the_same_accuracy():
     train_x, train_y = separable_split(0, margin=0.0)
     test_x, test_y = separable_split(1, margin=0.0)

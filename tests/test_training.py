@@ -17,7 +17,7 @@ from factorcl_hf import FactorCLConfig
 from factorcl_hf.data.shapes import write_shapes_imagefolder
 from factorcl_hf.estimators import CosineCritic
 from factorcl_hf.objectives import ContrastiveObjective, FactorCLObjective, build_objective
-from training.train import main, parse_args, train
+from training.train import main, parse_args, run, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--tiny_hidden_size", "32", "--tiny_num_layers", "1", "--tiny_projection_dim", "16", "--head_dim", "8",
@@ -118,7 +118,7 @@ def test_logged_records_are_means_over_each_logging_window(data_dir, tmp_path):
 def test_club_critic_check_reports_each_club_term(data_dir, tmp_path):
     flags = run_flags(data_dir, tmp_path, "--objective", "factorcl_ssl", "--max_train_steps", "2", "--eval_split", "test",
                       "--club_critic_check_steps", "5")
-    results = main(flags)
+    results = run(flags)
     check = results["club_critic_check"]
     assert set(check) == {"shared_cond", "unique"}
     assert all(set(v) == {"trained", "refit"} and all(map(math.isfinite, v.values())) for v in check.values())
@@ -131,9 +131,9 @@ def test_club_critic_check_reports_each_club_term(data_dir, tmp_path):
 def test_objectives_train_evaluate_save_and_reload(data_dir, tmp_path, objective):
     flags = run_flags(data_dir, tmp_path, "--objective", objective, "--max_train_steps", "2", "--eval_split", "test",
                       "--retrieval_match_columns", "shape", "size")
-    results = main(flags)
-    assert {"retrieval_r1", "retrieval_r5", "retrieval_match_r1", "probe_acc", "backbone_probe_acc"} <= results.keys()
-    assert results["retrieval_match_r1"] >= results["retrieval_r1"]
+    results = run(flags)
+    assert {"mean_R@1", "mean_R@5", "match_mean_R@1", "factorized_accuracy", "backbone_accuracy"} <= results.keys()
+    assert results["match_mean_R@1"] >= results["mean_R@1"]
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["steps"] == 2
     from transformers import AutoModel, AutoProcessor
@@ -148,8 +148,8 @@ def test_objectives_train_evaluate_save_and_reload(data_dir, tmp_path, objective
 
     card = ModelCard.load(tmp_path / "model" / "README.md")
     assert card.data.library_name == "transformers"
-    reported = {m["type"]: m["value"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
-    assert any(value == pytest.approx(results["probe_acc"]) for value in reported.values())
+    reported = {m["name"]: m["value"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
+    assert reported["factorized_accuracy"] == pytest.approx(results["factorized_accuracy"])
 
 
 @pytest.mark.slow
@@ -161,10 +161,224 @@ def test_two_processes_see_different_data(data_dir, tmp_path):
                                                   "--max_train_steps", "3", "--save_seen_rows")]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    # One process reports: a single results block, the main process's (with the evaluation).
+    assert done.stdout.count('"objective"') == 1, done.stdout
+    assert json.loads(done.stdout[done.stdout.index("{"):])["steps"] == 3
     seen = [set(json.loads((tmp_path / f"seen_rows.rank{r}.json").read_text())) for r in (0, 1)]
     assert len(seen[0]) == len(seen[1]) == 3 * 8
     assert not seen[0] & seen[1], "both processes trained on the same rows"
     assert (tmp_path / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_console_script_exits_0_and_prints_the_results_once(data_dir, tmp_path):
+    script = Path(sys.executable).parent / "factorcl-train"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "training.train"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    flags = run_flags(data_dir, tmp_path, "--objective", "simclr", "--max_train_steps", "1", "--checkpointing_steps", "1")
+    done = subprocess.run([*command, *flags], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["steps"] == 1, done.stdout
+    # Quiet: no library bars ("Downloading data", "Writing model shards"), no accelerate INFO
+    # line per checkpoint file, no warnings; only the run's own line.
+    assert done.stderr.strip().splitlines() == ["Training simclr on 56 rows: 1 steps (1 epochs), 1 process(es)"], done.stderr
+    assert main(run_flags(data_dir, tmp_path / "in_process", "--objective", "simclr", "--max_train_steps", "1")) == 0
+
+
+def shapes_table(data_dir, path, split_column=True, splits=("train", "test")):
+    """The shapes imagefolder as one CSV/JSONL file: string labels (the shape's name), image
+    paths relative to the file, and (optionally) a ``split`` column."""
+    import csv
+
+    rows = []
+    for split in splits:
+        for line in (Path(data_dir) / split / "metadata.jsonl").read_text().splitlines():
+            meta = json.loads(line)
+            row = {"image": str(Path(data_dir) / split / meta["file_name"]), "caption": meta["caption"],
+                   "shape": meta["shape"]}
+            rows.append({**row, "split": split} if split_column else row)
+    if path.suffix == ".csv":
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    else:
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_string_labels_and_the_csv_split_column(data_dir, tmp_path):
+    """String labels train a supervised objective, become id2label/label2id in the saved
+    config and card, and the CSV's own test split gives the metrics."""
+    table = shapes_table(data_dir, tmp_path / "shapes.csv")
+    flags = ["--train_data", str(table), "--label_column", "shape", "--output_dir", str(tmp_path / "out"), *TINY,
+             "--objective", "factorcl_sup", "--max_train_steps", "1", "--eval_split", "test"]
+    results = run(flags)
+    assert {"mean_R@1", "factorized_accuracy"} <= results.keys()
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(tmp_path / "out" / "model")
+    assert config.id2label == {0: "circle", 1: "cross", 2: "square", 3: "triangle"}
+    assert config.label2id == {"circle": 0, "cross": 1, "square": 2, "triangle": 3}
+    card = (tmp_path / "out" / "model" / "README.md").read_text()
+    assert "`circle`, `cross`, `square`, `triangle`" in card
+    assert 'candidate_labels=["circle", "cross", "square", "triangle"]' in card
+    check_card_is_hub_ready(tmp_path / "out" / "model", results)
+
+
+def check_card_is_hub_ready(model_dir, results):
+    """The saved card validates, reports the run's metrics under the names the evaluation CLI
+    uses, and its first snippet runs, without warnings, against the saved folder."""
+    import warnings
+
+    from huggingface_hub import ModelCard
+    from PIL import Image
+
+    from factorcl_hf.hub import validate_model_card
+
+    card = ModelCard.load(model_dir / "README.md")
+    validate_model_card(card)
+    assert card.data.license == "apache-2.0"
+    reported = {r.metric_name: (r.metric_type, r.metric_value) for r in card.data.eval_results}
+    assert reported["image_to_text_R@1"] == ("recall", pytest.approx(results["image_to_text_R@1"]))
+    assert reported["factorized_accuracy"] == ("accuracy", pytest.approx(results["factorized_accuracy"]))
+    assert card.text.count("conditioned on the labels") == 1, "the objective is described once"
+    snippet = card.text.split("```python\n")[1].split("```")[0]
+    assert f'AutoModel.from_pretrained("{model_dir.resolve()}")' in snippet
+    Image.new("RGB", (40, 40), "red").save(model_dir.parent / "photo.jpg")
+    cwd = os.getcwd()
+    os.chdir(model_dir.parent)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            namespace = {}
+            exec(snippet, namespace)
+    finally:
+        os.chdir(cwd)
+    assert namespace["probs"].shape == (1, 2)
+
+
+def test_eval_data_eval_fraction_and_the_no_evaluation_warning(data_dir, tmp_path, caplog):
+    train_file = shapes_table(data_dir, tmp_path / "train.jsonl", split_column=False, splits=("train",))
+    eval_file = shapes_table(data_dir, tmp_path / "eval.jsonl", split_column=False, splits=("test",))
+    base = ["--train_data", str(train_file), "--label_column", "shape", *TINY, "--objective", "simclr",
+            "--max_train_steps", "1", "--eval_split", "test"]
+    with caplog.at_level("WARNING"):
+        silent = run([*base, "--output_dir", str(tmp_path / "none")])
+    assert "mean_R@1" not in silent and "--eval_fraction" in caplog.text
+    held_out = train(parse_args([*base, "--output_dir", str(tmp_path / "fraction"), "--eval_fraction", "0.25"]))
+    assert {"mean_R@1", "factorized_accuracy"} <= held_out.results.keys()
+    assert len(held_out.model.config.id2label) == 4
+    separate = run([*base, "--output_dir", str(tmp_path / "separate"), "--eval_data", str(eval_file)])
+    assert {"mean_R@1", "factorized_accuracy"} <= separate.keys()
+    card = (tmp_path / "separate" / "model" / "README.md").read_text()
+    assert "eval.jsonl" in card
+    with pytest.raises(ValueError, match="`eval_fraction` must be in \\(0, 1\\)"):
+        parse_args([*base, "--eval_fraction", "1.5"])
+
+
+def test_locked_towers_do_not_change(data_dir, tmp_path):
+    """Both towers locked: only the heads and critics train. The image tower locked but its
+    last layer: that layer (and the text tower) trains, the first layer does not."""
+    def weights_after(name, *flags):
+        out = tmp_path / name
+        train(parse_args(run_flags(data_dir, out, "--objective", "factorcl_ssl", "--max_train_steps", "2",
+                                   "--tiny_num_layers", "2", *flags)))
+        return load_file(out / "model" / "model.safetensors")
+
+    def changed(a, b, prefix):
+        keys = [k for k in a if k.startswith(prefix)]
+        assert keys, prefix
+        return max((a[k] - b[k]).abs().max().item() for k in keys) > 1e-12
+
+    # The same run with steps of ~1e-30: the initial weights, as the training run builds them.
+    initial = weights_after("initial", "--learning_rate", "1e-30", "--critic_learning_rate", "1e-30")
+    frozen = weights_after("frozen", "--lock_image", "--lock_text")
+    assert not changed(initial, frozen, "clip.vision_model.") and not changed(initial, frozen, "clip.text_model.")
+    assert not changed(initial, frozen, "clip.visual_projection") and changed(initial, frozen, "objective.heads.")
+    partial = weights_after("partial", "--lock_image", "--lock_image_unlocked_layers", "1")
+    assert not changed(initial, partial, "clip.vision_model.encoder.layers.0.")
+    assert not changed(initial, partial, "clip.vision_model.embeddings.")
+    assert changed(initial, partial, "clip.vision_model.encoder.layers.1.") and changed(initial, partial, "clip.text_model.")
+    with pytest.raises(ValueError, match="`lock_text_unlocked_layers` is 3, but the text tower has 2 layers"):
+        weights_after("bad", "--lock_text", "--lock_text_unlocked_layers", "3")
+
+
+def test_trackers_get_the_evaluation_metrics_and_backbone_options_pass_through(data_dir, tmp_path, monkeypatch):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_ = train(parse_args(run_flags(data_dir, tmp_path, "--objective", "simclr", "--max_train_steps", "2",
+                                      "--eval_split", "test", "--report_to", "tensorboard", "--logging_steps", "1",
+                                      "--gradient_checkpointing")))
+    clip = run_.model.clip
+    assert getattr(clip, "is_activation_checkpointing", None) or clip.is_gradient_checkpointing
+    events = {path.parent for path in (tmp_path / "logs").rglob("events.out.tfevents.*")}
+    tags = {tag for folder in events for tag in EventAccumulator(str(folder)).Reload().Tags()["scalars"]}
+    assert {"loss", "eval/image_to_text_R@1", "eval/mean_R@1", "eval/factorized_accuracy"} <= set(tags), tags
+    with pytest.raises(ValueError, match="`report_to` names unknown tracker 'tensorbored'"):
+        train(parse_args(run_flags(data_dir, tmp_path, "--report_to", "tensorboard,tensorbored")))
+    from training import loop
+
+    seen = {}
+
+    def capture(**kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(loop, "Accelerator", capture)
+    with pytest.raises(RuntimeError, match="stop"):
+        loop.build_accelerator(parse_args(run_flags(data_dir, tmp_path, "--torch_compile", "--report_to", "all")))
+    assert seen["dynamo_backend"] == "inductor" and seen["log_with"] == ["all"]
+
+
+def parquet_shards(data_dir, out, num_shards=3):
+    """The embedded dataset's training split as Parquet shards (images embedded), the layout
+    of a large Hub dataset."""
+    import datasets
+
+    split = datasets.load_dataset("imagefolder", data_dir=str(data_dir), split="train")
+    out.mkdir(parents=True)
+    for index in range(num_shards):
+        split.shard(num_shards, index, contiguous=True).to_parquet(str(out / f"train-{index:05d}.parquet"))
+    return out
+
+
+def test_streaming_trains_like_the_map_style_run(data_dir, tmp_path):
+    """The same Parquet shards, streamed or loaded: both runs train (the loss falls) to
+    comparable losses, and the streamed one evaluates on --eval_data."""
+    shards = parquet_shards(data_dir, tmp_path / "shards")
+    flags = ["--train_data", str(shards), "--label_column", "label", *TINY, "--objective", "factorcl_sup",
+             "--max_train_steps", "6", "--logging_steps", "1", "--learning_rate", "3e-3"]
+
+    def losses(name, *extra):
+        run_ = train(parse_args([*flags, "--output_dir", str(tmp_path / name), *extra]))
+        return run_, [r["loss"] for r in map(json.loads, (tmp_path / name / "train_log.jsonl").read_text().splitlines())]
+
+    _, loaded = losses("loaded")
+    streamed_run, streamed = losses("streamed", "--streaming", "--streaming_shuffle_buffer", "16",
+                                    "--streaming_sample_rows", "24", "--eval_data", str(data_dir), "--eval_split", "test")
+    assert len(loaded) == len(streamed) == 6
+    for curve in (loaded, streamed):
+        assert sum(curve[-2:]) < sum(curve[:2]), curve
+    assert abs(streamed[-1] - loaded[-1]) < 0.5 * abs(loaded[0] - loaded[-1]) + 0.1, (loaded, streamed)
+    assert {"image_to_text_R@1", "factorized_accuracy"} <= streamed_run.results.keys()
+    assert streamed_run.results["skipped_undecodable_images"] == 0
+    with pytest.raises(ValueError, match="--streaming needs `max_train_steps`"):
+        parse_args([*flags[:-6], "--streaming"])
+
+
+@pytest.mark.slow
+def test_two_processes_stream_different_rows(data_dir, tmp_path):
+    shards = parquet_shards(data_dir, tmp_path / "shards", num_shards=2)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "training.train",
+               "--train_data", str(shards), "--output_dir", str(tmp_path / "out"), *TINY, "--objective", "simclr",
+               "--max_train_steps", "2", "--streaming", "--streaming_sample_rows", "16", "--save_seen_rows"]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = [set(json.loads((tmp_path / "out" / f"seen_rows.rank{r}.json").read_text())) for r in (0, 1)]
+    assert len(seen[0]) == len(seen[1]) == 2 * 8 and not seen[0] & seen[1], seen
 
 
 def test_bad_inputs(data_dir, tmp_path):

@@ -37,7 +37,11 @@ class TrainingArguments:
     train_data: str | None = _option(None, "imagefolder dir, .csv/.jsonl/.parquet file or Hub dataset id; "
                                      "default: the embedded shapes dataset")
     train_split: str = _option("train", "split to train on")
-    eval_split: str = _option("test", "split to evaluate on; 'none' to skip")
+    eval_split: str = _option("test", "split to evaluate on (of --eval_data if given); 'none' to skip evaluation")
+    eval_data: str | None = _option(None, "separate evaluation data (imagefolder dir, file or Hub id; as open_clip's "
+                                    "--val-data); its --eval_split, or its only split")
+    eval_fraction: float | None = _option(None, "hold out this share of the training split (seeded by --seed) "
+                                          "for evaluation")
     image_column: str = _option("image", "image column")
     caption_column: str = _option("caption", "caption column")
     label_column: str | None = _option(None, "label column (required by supervised objectives; used by the linear probe)")
@@ -45,6 +49,11 @@ class TrainingArguments:
     unique_share: float | None = _option(None, "embedded dataset: share of labels from unique attributes "
                                          "(default: the dataset's)")
     dataloader_num_workers: int = _option(0, "data-loader worker processes")
+    streaming: bool = _option(False, "stream --train_data (a datasets IterableDataset, sharded across processes): a "
+                              "Hub dataset bigger than the disk trains without a download; needs --max_train_steps")
+    streaming_shuffle_buffer: int = _option(1000, "--streaming: rows in the shuffle buffer")
+    streaming_sample_rows: int = _option(1000, "--streaming: rows read up front for the tokenizer, label count and "
+                                         "the linear probe's training features")
     retrieval_match_columns: list[str] | None = _option(None, "also report retrieval where any item agreeing with "
                                                         "the query on these columns is a hit")
     # -- model: a CLIP checkpoint, or a tiny random CLIP
@@ -54,6 +63,13 @@ class TrainingArguments:
     tiny_hidden_size: int = _option(64, "tiny CLIP: width of both towers")
     tiny_num_layers: int = _option(2, "tiny CLIP: layers of both towers")
     tiny_projection_dim: int = _option(64, "tiny CLIP: projection (backbone embedding) size")
+    lock_image: bool = _option(False, "freeze the image tower (vision model and projection), as open_clip's --lock-image")
+    lock_image_unlocked_layers: int = _option(0, "with --lock_image: leave its last N transformer layers (and the "
+                                              "final norm and projection) trainable")
+    lock_text: bool = _option(False, "freeze the text tower (text model and projection); with --lock_image only the "
+                              "FactorCL heads and critics train")
+    lock_text_unlocked_layers: int = _option(0, "with --lock_text: leave its last N transformer layers (and the final "
+                                             "norm and projection) trainable")
     # -- model: objective, heads and critics (FactorCLConfig fields, same defaults)
     objective: str = _option("factorcl_ssl", "a name of factorcl_hf.configuration_factorcl.OBJECTIVE_REGISTRY "
                              "(README: Training); supervised objectives need --label_column")
@@ -91,13 +107,17 @@ class TrainingArguments:
     gradient_accumulation_steps: int = _option(1, "micro-batches per optimizer step")
     max_grad_norm: float = _option(1.0, "clip the main parameters' gradient norm (0: off)")
     mixed_precision: Literal["no", "fp16", "bf16"] = _option("no", "mixed precision")
+    gradient_checkpointing: bool = _option(False, "recompute the CLIP backbone's activations in the backward pass "
+                                           "(less memory, more compute)")
+    torch_compile: bool = _option(False, "compile the model with torch.compile (accelerate's inductor backend)")
     cpu: bool = _option(False, "train on the CPU even if a GPU is present")
     seed: int = _option(0, "seed of the data, the model's initialization and the augmentations")
     # -- checkpoints, logging, evaluation, Hub
     checkpointing_steps: int | None = _option(None, "save an accelerate checkpoint every N optimizer steps")
     checkpoints_total_limit: int = _option(2, "checkpoints kept")
     resume_from_checkpoint: str | None = _option(None, "checkpoint dir, or 'latest' (newest under OUTPUT_DIR/checkpoints)")
-    report_to: Literal["none", "tensorboard"] = _option("none", "tracker of every loss term")
+    report_to: str = _option("none", "trackers of the loss terms and evaluation metrics (accelerate's log_with): "
+                             "none, all (every installed one), or names, comma-separated: tensorboard, wandb, mlflow, ...")
     logging_steps: int = _option(10, "log the mean loss terms of every N optimizer steps (train_log.jsonl, trackers)")
     club_critic_check_steps: int = _option(0, "after training, fit fresh CLUB critics for N steps on the frozen train "
                                            "features and compare them with the trained ones on the eval split "
@@ -105,6 +125,8 @@ class TrainingArguments:
     eval_every_epoch: bool = _option(False, "also evaluate after every epoch but the last")
     push_to_hub: bool = _option(False, "push model, processor and card to --hub_model_id")
     hub_model_id: str | None = _option(None, "USER/NAME on the Hub")
+    license: str = _option("apache-2.0", "license id in the model card (the Hub's ids); when fine-tuning a "
+                           "checkpoint, its license (e.g. mit for openai/clip-*)")
     disable_tqdm: bool = _option(False, "no progress bar")
     save_seen_rows: bool = _option(False, "write the row indices each process trained on (debugging)")
 
@@ -116,7 +138,8 @@ class TrainingArguments:
                     ("max_train_steps", 1), ("gradient_accumulation_steps", 1), ("checkpointing_steps", 1),
                     ("num_warmup_steps", 0), ("dataloader_num_workers", 0), ("checkpoints_total_limit", 0),
                     ("num_train_samples", 2), ("tiny_image_size", 1), ("tiny_patch_size", 1), ("tiny_hidden_size", 1),
-                    ("tiny_num_layers", 1), ("tiny_projection_dim", 1))
+                    ("tiny_num_layers", 1), ("tiny_projection_dim", 1), ("lock_image_unlocked_layers", 0),
+                    ("lock_text_unlocked_layers", 0))
         for name, minimum in minimums:
             value = getattr(self, name)
             if value is not None and value < minimum:
@@ -125,6 +148,11 @@ class TrainingArguments:
         for name in ("critic_learning_rate", "club_head_lr_scale"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}")
+        if self.streaming and (not self.max_train_steps or self.eval_fraction):
+            raise ValueError("--streaming needs `max_train_steps` (a stream has no length) and no `eval_fraction` "
+                             "(give --eval_data)")
+        if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
+            raise ValueError(f"`eval_fraction` must be in (0, 1), got {self.eval_fraction}")
         if not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}")
         if self.push_to_hub and not self.hub_model_id:

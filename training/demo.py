@@ -38,7 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # Reported per objective, headline first.
-METRICS = ("probe_acc", "retrieval_match_r1", "retrieval_r1", "retrieval_r5", "backbone_probe_acc")
+METRICS = ("factorized_accuracy", "match_mean_R@1", "mean_R@1", "mean_R@5", "backbone_accuracy")
 COLUMNS = ("probe acc", "shared-content R@1", "exact-pair R@1", "R@5", "backbone probe")
 
 
@@ -66,6 +66,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
 
     from factorcl_hf import FactorCLModel
+    from factorcl_hf.progress import hide_library_progress_bars
     from factorcl_hf.data.shapes import save_sample_grid, shapes_label_accuracy_ceilings, write_shapes_imagefolder
     from factorcl_hf.evaluation.image_text import encode_image_text
 
@@ -73,6 +74,7 @@ def main(argv=None) -> dict:
     from training.arguments import parse_args as parse_train_args
     from training.train import train
 
+    hide_library_progress_bars()  # the local data's "Downloading data" bars are not the demo's progress
     out = Path(args.output_dir)
     recipe = load_config_file(args.config)
     num_samples = args.num_train_samples or recipe.get("num_train_samples", 2000)

@@ -34,11 +34,14 @@ from factorcl_hf.checkpointing import (
     save_pretrained_atomically,
 )
 from factorcl_hf.configuration_factorcl import objective_spec
-from factorcl_hf.data.image_text import ImageTextCollator, IndexedDataset, drop_undecodable_images, load_image_text_dataset
+from factorcl_hf.data.image_text import (
+    ImageTextCollator, IndexedDataset, drop_undecodable_images, encode_labels, load_image_text_dataset,
+)
 from factorcl_hf.data.shapes import DEFAULT_UNIQUE_SHARE, write_shapes_imagefolder
 from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs, image_text_batches
 from factorcl_hf.evaluation.image_text import evaluate_image_text
-from factorcl_hf.hub import build_model_card, push_to_hub
+from factorcl_hf.hub import HUB_LICENSES, build_model_card, push_to_hub, validate_model_card
+from factorcl_hf.progress import hide_library_progress_bars
 from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 from factorcl_hf.training_step import parameter_groups, training_step
 from training.arguments import TrainingArguments
@@ -48,8 +51,11 @@ log = logging.getLogger("factorcl.train")
 
 # --------------------------------------------------------------------------- accelerator
 def check_objective(args: TrainingArguments) -> None:
-    """Fail on an unknown ``--objective`` before anything starts (the registry lives in the package)."""
+    """Fail on an unknown ``--objective`` or ``--license`` before anything starts (the
+    registries live in the package)."""
     objective_spec(args.objective)
+    if args.license not in HUB_LICENSES:
+        raise ValueError(f"`license` must be a Hub license id, one of {sorted(HUB_LICENSES)}; got {args.license!r}")
 
 
 def check_output_paths(args: TrainingArguments) -> None:
@@ -90,32 +96,75 @@ def build_accelerator(args: TrainingArguments) -> Accelerator:
         cpu=args.cpu or multi_process_cpu,
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=None if args.report_to == "none" else args.report_to,
+        log_with=trackers(args),
+        # None keeps what `accelerate launch --dynamo_backend` chose.
+        dynamo_backend="inductor" if args.torch_compile else None,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         # Seeded shuffling: the data order of an epoch is the same after a resume.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
     )
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING, format="%(message)s")
+    # A Hub dataset's download bars are progress worth seeing; a local folder's are not.
+    hub_data = args.train_data is not None and not Path(args.train_data).exists()
+    hide_library_progress_bars(keep_downloads=hub_data and not args.disable_tqdm)
     set_seed(args.seed)
     return accelerator
+
+
+def trackers(args: TrainingArguments) -> list[str] | None:
+    """``--report_to`` as accelerate's ``log_with``; an unknown or uninstalled tracker is an
+    error here, before the run (accelerate would drop an uninstalled one silently)."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import LoggerType
+
+    names = [name.strip() for name in args.report_to.split(",") if name.strip()]
+    if names in ([], ["none"]):
+        return None
+    if names == ["all"]:
+        return ["all"]
+    available = {str(tracker) for tracker in get_available_trackers()}
+    for name in names:
+        if name not in LoggerType.list() or name == "all":
+            raise ValueError(f"`report_to` names unknown tracker {name!r}; known: none, all, {sorted(LoggerType.list())}")
+        if name not in available:
+            raise ValueError(f"`report_to` tracker {name!r} is not installed (installed: {sorted(available)})")
+    return names
+
+
+def log_metrics(args: TrainingArguments, accelerator: Accelerator, metrics: dict, step: int) -> None:
+    """Evaluation metrics to the trackers, beside the loss terms (under ``eval/``)."""
+    if args.report_to != "none":
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, float)}, step=step)
 
 
 # ---------------------------------------------------------------------------------- data
 @dataclass
 class TrainingData:
     """The splits of a run: ``train`` (undecodable images dropped, ``dropped`` of them),
-    ``eval`` (``None`` when ``--eval_split`` names no split), where they came from
-    (``source``) and the label column (the embedded dataset's, unless one was given)."""
+    ``eval`` (``None`` without an evaluation split), where they came from (``source``, and
+    ``eval_source`` / ``eval_split`` for the card), the label column (the embedded
+    dataset's, unless one was given) and the class names of string/ClassLabel labels."""
 
     train: Any
     eval: Any
     label_column: str | None
     source: str | Path
     dropped: int
+    eval_source: str | Path | None = None
+    eval_split: str | None = None
+    label_names: list[str] | None = None
+    # --streaming: this process's shard of the stream (``train`` is then a sample of it) and
+    # the count of its undecodable images, which grows as training reads it.
+    stream: Any = None
+    stream_dropped: dict | None = None
+
+    def skipped_images(self) -> int:
+        return self.dropped if self.stream_dropped is None else self.stream_dropped["count"]
 
 
 def build_data(args: TrainingArguments, accelerator: Accelerator) -> TrainingData:
-    """Load ``--train_data``, or write the embedded shapes dataset next to the output dir."""
+    """Load ``--train_data``, or write the embedded shapes dataset next to the output dir;
+    then the evaluation split (:func:`eval_split_of`) and class ids for the labels."""
     label_column = args.label_column
     if args.train_data is None:
         share = DEFAULT_UNIQUE_SHARE if args.unique_share is None else args.unique_share
@@ -128,18 +177,49 @@ def build_data(args: TrainingArguments, accelerator: Accelerator) -> TrainingDat
         source = args.train_data
     if objective_spec(args.objective).supervised and label_column is None:
         raise ValueError(f"`label_column` is required by the supervised objective {args.objective!r}")
+    columns = (args.image_column, args.caption_column, label_column)
     with accelerator.main_process_first():
-        data = load_image_text_dataset(source, args.image_column, args.caption_column, label_column)
+        data = load_image_text_dataset(source, *columns, streaming=args.streaming)
+        eval_data = load_image_text_dataset(args.eval_data, *columns) if args.eval_data and args.eval_split != "none" else None
+    if args.streaming:
+        from training.streaming import streaming_data
+
+        return TrainingData(label_column=label_column, source=source, dropped=0,
+                            **streaming_data(args, accelerator, data, eval_data, source, label_column))
     if args.train_split not in data:
         raise ValueError(f"`train_split` {args.train_split!r} not in the data; splits: {sorted(data)}")
-    train_set, dropped = drop_undecodable_images(data[args.train_split], args.image_column)
+    train_set, eval_set, eval_source, eval_split = eval_split_of(args, data, eval_data, source)
+    encoded, label_names = encode_labels({"train": train_set, "eval": eval_set}, label_column)
+    train_set, dropped = drop_undecodable_images(encoded["train"], args.image_column)
     if len(train_set) < args.per_device_train_batch_size * accelerator.num_processes:
         raise ValueError(
             f"The training split has {len(train_set)} usable rows, fewer than one global batch "
             f"({args.per_device_train_batch_size} x {accelerator.num_processes} processes)"
         )
-    eval_set = data[args.eval_split] if args.eval_split in data else None
-    return TrainingData(train_set, eval_set, label_column, source, dropped)
+    return TrainingData(train_set, encoded["eval"], label_column, source, dropped, eval_source, eval_split, label_names)
+
+
+def eval_split_of(args: TrainingArguments, data, eval_data, source):
+    """``(train, eval, eval source, eval split name)``: ``--eval_data``'s ``--eval_split`` (or
+    its only split), else a seeded ``--eval_fraction`` of the training split, else the
+    data's own ``--eval_split``; with none of them, a warning and no evaluation."""
+    train_set = data[args.train_split]
+    if args.eval_split == "none":
+        return train_set, None, None, None
+    if eval_data is not None:
+        names = sorted(eval_data)
+        name = args.eval_split if args.eval_split in eval_data else names[0] if len(names) == 1 else None
+        if name is None:
+            raise ValueError(f"`eval_split` {args.eval_split!r} not in `eval_data` {args.eval_data!r}; splits: {names}")
+        return train_set, eval_data[name], args.eval_data, name
+    if args.eval_fraction:
+        parts = train_set.train_test_split(test_size=args.eval_fraction, seed=args.seed)
+        return parts["train"], parts["test"], source, f"{args.train_split} ({args.eval_fraction:g} held out)"
+    if args.eval_split in data and args.eval_split != args.train_split:
+        return train_set, data[args.eval_split], source, args.eval_split
+    log.warning("No evaluation: the data has no %r split (splits: %s). Give --eval_data or --eval_fraction to "
+                "report metrics, or --eval_split none to silence this.", args.eval_split, sorted(data))
+    return train_set, None, None, None
 
 
 # ------------------------------------------------------------------------------- model
@@ -148,12 +228,23 @@ def model_options(args: TrainingArguments) -> dict[str, Any]:
     return {name: getattr(args, name) for name in FactorCLConfig.__annotations__ if hasattr(args, name)}
 
 
-def build_model_and_processor(args: TrainingArguments, train_set, label_column: str | None):
+def label_options(data: TrainingData) -> dict[str, Any]:
+    """``num_labels`` from the label column, and ``id2label``/``label2id`` when the labels
+    have names (string or ClassLabel labels), so the saved config, card and zero-shot
+    pipeline speak the class names."""
+    if data.label_column is None:
+        return {}
+    if data.label_names:
+        names = list(data.label_names) + [f"LABEL_{i}" for i in range(len(data.label_names), 2)]
+        return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
+    return {"num_labels": max(2, int(max(data.train[data.label_column])) + 1)}
+
+
+def build_model_and_processor(args: TrainingArguments, data: TrainingData):
     """A CLIP checkpoint wrapped with fresh FactorCL heads, or a tiny random CLIP with a
     tokenizer built from the training captions (offline)."""
-    options = model_options(args)
-    if label_column is not None:
-        options["num_labels"] = max(2, int(max(train_set[label_column])) + 1)
+    options = {**model_options(args), **label_options(data)}
+    train_set = data.train
     if args.clip_model:
         return FactorCLModel.from_clip(args.clip_model, **options), AutoProcessor.from_pretrained(args.clip_model)
     max_length = 32
@@ -169,6 +260,38 @@ def build_model_and_processor(args: TrainingArguments, train_set, label_column: 
         max_position_embeddings=max_length,
     )
     return FactorCLModel(FactorCLConfig(clip_config=clip_config, **options)), tiny_clip_processor(tokenizer, args.tiny_image_size)
+
+
+def prepare_backbone(args: TrainingArguments, model: FactorCLModel) -> None:
+    """``--gradient_checkpointing``, and ``--lock_image`` / ``--lock_text``: freeze a CLIP
+    tower but its last N layers, final norm and projection (none of them with N = 0). Frozen
+    parameters get no gradient and are left out of the optimizer (``main_parameters``), so
+    they do not change at all."""
+    if args.gradient_checkpointing:
+        # transformers >= 5.x names it activation checkpointing (the old name warns FutureWarning).
+        enable = getattr(model.clip, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    towers = {"image": ("vision_model", "visual_projection", "post_layernorm"),
+              "text": ("text_model", "text_projection", "final_layer_norm")}
+    for modality, (tower_name, projection, final_norm) in towers.items():
+        if not getattr(args, f"lock_{modality}"):
+            continue
+        unlocked = getattr(args, f"lock_{modality}_unlocked_layers")
+        tower, layers = getattr(model.clip, tower_name), getattr(model.clip, tower_name).encoder.layers
+        if unlocked > len(layers):
+            raise ValueError(f"`lock_{modality}_unlocked_layers` is {unlocked}, but the {modality} tower has "
+                             f"{len(layers)} layers")
+        for parameter in [*tower.parameters(), *getattr(model.clip, projection).parameters()]:
+            parameter.requires_grad_(False)
+        if unlocked:
+            for module in [*layers[len(layers) - unlocked:], getattr(tower, final_norm), getattr(model.clip, projection)]:
+                module.requires_grad_(True)
+    if args.lock_image or args.lock_text:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("Locked towers: %d of %d parameters train", trainable, sum(p.numel() for p in model.parameters()))
 
 
 def build_train_loader(args: TrainingArguments, model: FactorCLModel, processor, data: TrainingData):
@@ -194,9 +317,9 @@ def build_train_loader(args: TrainingArguments, model: FactorCLModel, processor,
         max_length=config.clip_config.text_config.max_position_embeddings,
     )
     loader = torch.utils.data.DataLoader(
-        IndexedDataset(data.train),
+        IndexedDataset(data.train) if data.stream is None else data.stream,
         batch_size=args.per_device_train_batch_size,
-        shuffle=True,
+        shuffle=data.stream is None,  # a stream shuffles in its own buffer
         drop_last=True,  # every contrastive batch full (and the same size on every process)
         collate_fn=collator,
         num_workers=args.dataloader_num_workers,
@@ -218,6 +341,18 @@ class Schedule:
     @property
     def num_epochs(self) -> int:
         return math.ceil(self.max_steps / self.steps_per_epoch)
+
+
+def num_batches(args: TrainingArguments, accelerator: Accelerator, loader) -> int:
+    """Batches per epoch in all processes; a stream has no length, so one "epoch" is the run."""
+    if isinstance(loader.dataset, torch.utils.data.IterableDataset):
+        return args.max_train_steps * args.gradient_accumulation_steps * accelerator.num_processes
+    return len(loader)
+
+
+def prepare_loader(args: TrainingArguments, accelerator: Accelerator, loader):
+    """accelerate's sharding of the loader; a stream is sharded already (``split_dataset_by_node``)."""
+    return loader if isinstance(loader.dataset, torch.utils.data.IterableDataset) else accelerator.prepare(loader)
 
 
 def build_optimizers(args: TrainingArguments, model: FactorCLModel, accelerator: Accelerator, num_batches: int):
@@ -307,11 +442,15 @@ def train_one_epoch(args: TrainingArguments, accelerator: Accelerator, trainer: 
     epoch skips the batches it already trained on."""
     state, schedule = trainer.state, trainer.schedule
     trainer.collator.epoch = epoch
-    trainer.train_loader.set_epoch(epoch)
+    loader = trainer.train_loader
+    # A streamed loader is not accelerate's: its dataset reshuffles, and its batches move here.
+    (loader.set_epoch if hasattr(loader, "set_epoch") else loader.dataset.set_epoch)(epoch)
     skip = (state.step - epoch * schedule.steps_per_epoch) * args.gradient_accumulation_steps
-    loader = accelerator.skip_first_batches(trainer.train_loader, skip) if skip else trainer.train_loader
+    loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+    first_step = state.step
     for batch in loader:
         trainer.seen_rows.extend(batch.pop("row_indices").tolist())
+        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
         try:
             outputs = training_step(
                 trainer.model, {**batch, "return_loss": True}, trainer.optimizer, trainer.critic_optimizer,
@@ -333,6 +472,8 @@ def train_one_epoch(args: TrainingArguments, accelerator: Accelerator, trainer: 
             save_checkpoint(accelerator, Path(args.output_dir), state, args.checkpoints_total_limit, model=trainer.model)
         if state.step >= schedule.max_steps:
             break
+    if state.step == first_step:
+        raise ValueError("The training data gave no full batch: fewer usable rows than --per_device_train_batch_size")
 
 
 class TrainingDivergedError(RuntimeError):
@@ -389,7 +530,8 @@ def save_run(args: TrainingArguments, accelerator: Accelerator, model: FactorCLM
     """On the main process: the model with its processor and card (``OUTPUT_DIR/model``),
     ``results.json``, ``train_log.jsonl``, and the push to the Hub if asked."""
     output_dir = Path(args.output_dir)
-    card = training_model_card(model, args, results, data.source)
+    card = training_model_card(model, args, results, data)
+    validate_model_card(card)
     results["model_dir"] = str(save_model_or_fallback(model, processor, output_dir / "model", card))
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in loss_log.records))
@@ -413,30 +555,38 @@ def save_model_or_fallback(model: FactorCLModel, processor, target: Path, card) 
                       f"saved to {str(fallback)!r} instead") from error
 
 
-def training_model_card(model, args: TrainingArguments, results: dict, train_source):
+def _hub_ids(*sources) -> list[str]:
+    """The sources that are Hub ids (card metadata names Hub repositories, not local paths)."""
+    return [str(source) for source in sources if source and not Path(str(source)).exists()]
+
+
+def training_model_card(model, args: TrainingArguments, results: dict, data: TrainingData):
     """The model card saved with (and pushed with) the trained model: evaluation results in
-    the model-index, the recipe in the body."""
+    the model-index, the recipe in the body, and snippets that load ``--hub_model_id`` or,
+    without one, the folder the model is saved in."""
     metrics = {k: v for k, v in results.items() if isinstance(v, float)}
     records = []
-    for task, keys in (("retrieval", "retrieval_"), ("probe", "probe_acc")):
-        chosen = {k: v for k, v in metrics.items() if k.startswith(keys) or k.endswith(keys)}
+    for task, is_task_metric in (("retrieval", lambda k: "R@" in k), ("probe", lambda k: k.endswith("_accuracy"))):
+        chosen = {k: v for k, v in metrics.items() if is_task_metric(k)}
         if chosen:
-            records.append({"task": task, "data": str(train_source), "split": args.eval_split, "metrics": chosen})
+            records.append({"task": task, "data": str(data.eval_source), "split": data.eval_split, "metrics": chosen})
     summary = {
-        "objective": args.objective,
         "steps": results["steps"],
         "learning_rate": args.learning_rate,
         "per_device_train_batch_size": args.per_device_train_batch_size,
         "mixed_precision": args.mixed_precision,
         "seed": args.seed,
     }
+    base_model = _hub_ids(args.clip_model)
     return build_model_card(
         model,
         records,
-        base_model=args.clip_model,
-        datasets=[str(args.train_data)] if args.train_data and not Path(str(args.train_data)).exists() else None,
+        base_model=base_model[0] if base_model else None,
+        datasets=_hub_ids(args.train_data, args.eval_data) or None,
         training_summary=summary,
-        repo_id=args.hub_model_id,
+        repo_id=args.hub_model_id or str((Path(args.output_dir) / "model").resolve()),
+        model_name=args.hub_model_id.split("/")[-1] if args.hub_model_id else None,
+        license=args.license,
     )
 
 

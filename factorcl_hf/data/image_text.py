@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ import torch
 logger = logging.getLogger(__name__)
 
 _LOCAL_FORMATS = {".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+# A local file's rows name their split in this column (as in open_clip's and many datasets'
+# CSVs); without it, every row is in "train".
+SPLIT_COLUMN = "split"
 
 
 def load_image_text_dataset(
@@ -27,20 +31,28 @@ def load_image_text_dataset(
     caption_column: str = "caption",
     label_column: str | None = None,
     split: str | None = None,
+    streaming: bool = False,
 ):
     """Load a dataset with image and caption columns (and optionally a label column).
 
     ``source`` is a local imagefolder directory (with ``metadata.jsonl``), a local
-    ``.csv``/``.jsonl``/``.json``/``.parquet`` file whose image column holds paths, or a Hub
-    dataset id. Returns a ``DatasetDict`` (or the ``split``) whose image column is decoded
+    ``.csv``/``.jsonl``/``.json``/``.parquet`` file whose image column holds paths (and
+    whose optional ``split`` column names each row's split), or a Hub dataset id. Returns a ``DatasetDict`` (or the ``split``) whose image column is decoded
     to PIL images. Raises ``ValueError`` naming any missing column.
     """
     import datasets
 
     path = Path(source)
-    if path.is_dir():
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
+    if path.is_dir() and any(path.glob("*.parquet")):
+        # Parquet shards (e.g. `Dataset.to_parquet` output, images embedded): one split.
+        shards = sorted(str(shard) for shard in path.glob("*.parquet"))
+        loaded = datasets.load_dataset("parquet", data_files={"train": shards}, streaming=streaming)
+    elif path.is_dir():
+        loaded = datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
     elif path.suffix in _LOCAL_FORMATS:
+        if streaming:
+            raise ValueError(f"streaming reads Parquet shards in a folder, an imagefolder or a Hub dataset; the local "
+                             f"file {str(path)!r} loads whole (drop --streaming)")
         if not path.exists():
             raise ValueError(f"data file {str(path)!r} does not exist")
         if path.stat().st_size == 0:
@@ -56,18 +68,35 @@ def load_image_text_dataset(
         # Relative image paths are relative to the file, not to the working directory.
         loaded = loaded.map(
             lambda row: {image_column: str(path.parent / row[image_column]) if row.get(image_column) else None}
-        )
-        loaded = loaded.cast_column(image_column, datasets.Image())
+        ).cast_column(image_column, datasets.Image())
+        loaded = split_by_column(loaded["train"], str(path))
     else:
-        loaded = datasets.load_dataset(str(source))
+        loaded = datasets.load_dataset(str(source), streaming=streaming)
     if split is not None:
         if split not in loaded:
             raise ValueError(f"`split` {split!r} not found in {str(source)!r}; available: {sorted(loaded)}")
         loaded = loaded[split]
-    for name, part in loaded.items() if isinstance(loaded, datasets.DatasetDict) else [(split, loaded)]:
+    for name, part in loaded.items() if isinstance(loaded, dict) else [(split, loaded)]:
         check_columns(part, image_column, caption_column, label_column, where=f"{source} [{name}]")
         check_values(part, caption_column, label_column, where=f"{source} [{name}]")
     return loaded
+
+
+def split_by_column(table, where: str = "data"):
+    """A ``DatasetDict`` of ``table``'s rows per value of its :data:`SPLIT_COLUMN` (the column
+    dropped), or ``{"train": table}`` when it has none."""
+    import datasets
+
+    if SPLIT_COLUMN not in table.column_names:
+        return datasets.DatasetDict({"train": table})
+    names = table.unique(SPLIT_COLUMN)
+    if None in names or "" in names:
+        raise ValueError(f"{where}: column {SPLIT_COLUMN!r} names each row's split; some rows have none")
+    return datasets.DatasetDict({
+        str(name): table.filter(lambda value, name=name: value == name, input_columns=SPLIT_COLUMN)
+        .remove_columns(SPLIT_COLUMN)
+        for name in names
+    })
 
 
 def check_columns(dataset, image_column: str, caption_column: str, label_column: str | None, where: str = "dataset"):
@@ -77,11 +106,12 @@ def check_columns(dataset, image_column: str, caption_column: str, label_column:
     if label_column is not None:
         required["label_column"] = label_column
     for argument, column in required.items():
-        if column not in dataset.column_names:
+        # A stream of undeclared features names its columns only once read.
+        if dataset.column_names is not None and column not in dataset.column_names:
             raise ValueError(
                 f"{where} has no column {column!r} (`{argument}`); its columns are {dataset.column_names}"
             )
-    if len(dataset) == 0:
+    if isinstance(dataset, Sized) and len(dataset) == 0:  # a stream's length is unknown
         raise ValueError(f"{where} is empty: need at least 2 rows for contrastive training")
 
 
@@ -89,7 +119,12 @@ def check_values(dataset, caption_column: str, label_column: str | None, where: 
     """Raise ``ValueError`` naming the column, row and value of the first empty caption, and
     of the first label that is not a class id (a missing or NaN label, a fraction such as 0.7
     that would otherwise be floored, a negative number, a string not encoded as a
-    ``ClassLabel``)."""
+    ``ClassLabel``). String labels are class names, encoded later (:func:`encode_labels`).
+    A streamed dataset is not read here: its rows are checked as they arrive."""
+    import datasets
+
+    if not isinstance(dataset, datasets.Dataset):
+        return
     for row, caption in enumerate(dataset[caption_column]):
         if caption is None or not str(caption).strip():
             raise ValueError(f"{where}: row {row} of column {caption_column!r} (`caption_column`) is empty ({caption!r})")
@@ -107,6 +142,8 @@ def check_values(dataset, caption_column: str, label_column: str | None, where: 
 def _label_problem(label) -> str | None:
     if label is None or (isinstance(label, float) and label != label):
         return "a missing label"
+    if isinstance(label, str):
+        return None if label.strip() else "an empty class name"
     if isinstance(label, bool) or not isinstance(label, (int, float)):
         return f"a {type(label).__name__}, not an integer"
     if isinstance(label, float) and label in (float("inf"), float("-inf")):
@@ -118,6 +155,64 @@ def _label_problem(label) -> str | None:
     return None
 
 
+def _is_string_feature(feature) -> bool:
+    import datasets
+
+    # CSV columns load as large_string, JSON ones as string.
+    return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+
+
+def encode_labels(splits: dict[str, Any], label_column: str | None) -> tuple[dict[str, Any], list[str] | None]:
+    """Labels as class ids in every split, and the class names (``None`` for bare integers).
+
+    A ``datasets.ClassLabel`` column keeps its names; string labels become a ``ClassLabel``
+    of their sorted distinct values over all splits, so a class has the same id in each.
+    ``None`` entries of ``splits`` pass through. Raises ``ValueError`` naming the column and
+    split for a missing label, or a label string that the ClassLabel names lack.
+    """
+    import datasets
+
+    parts = {name: part for name, part in splits.items() if part is not None}
+    if label_column is None or not parts:
+        return splits, None
+    features = {name: part.features[label_column] for name, part in parts.items()}
+    class_labels = [f for f in features.values() if isinstance(f, datasets.ClassLabel)]
+    strings = [name for name, f in features.items() if _is_string_feature(f)]
+    if not class_labels and not strings:
+        return splits, None
+    values = {name: set(parts[name].unique(label_column)) for name in strings}
+    for name, found in values.items():
+        if None in found:
+            raise ValueError(f"column {label_column!r} (`label_column`) of split {name!r} has empty labels")
+    names = list(class_labels[0].names) if class_labels else sorted(set().union(*values.values()))
+    for name, found in values.items():
+        unknown = sorted(found - set(names))
+        if unknown:
+            raise ValueError(f"labels {unknown} in column {label_column!r} of split {name!r} are not among the "
+                             f"class names {names}")
+    feature = datasets.ClassLabel(names=names)
+    encoded = {name: part.cast_column(label_column, feature) if name in strings else part
+               for name, part in splits.items()}
+    return encoded, names
+
+
+def image_decodes(value) -> bool:
+    """Whether an undecoded ``datasets.Image`` value (``{"bytes", "path"}``) opens as an image."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    if value is None:
+        return False
+    try:
+        source = BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        with Image.open(source) as image:
+            image.load()
+        return True
+    except Exception:  # noqa: BLE001 - any decoding failure means "skip this row"
+        return False
+
+
 def drop_undecodable_images(dataset, image_column: str = "image"):
     """Drop rows whose image fails to decode; returns ``(dataset, number_dropped)``.
 
@@ -127,24 +222,7 @@ def drop_undecodable_images(dataset, image_column: str = "image"):
     import datasets
 
     raw = dataset.cast_column(image_column, datasets.Image(decode=False))
-
-    def decodes(row) -> bool:
-        from io import BytesIO
-
-        from PIL import Image
-
-        value = row[image_column]
-        if value is None:
-            return False
-        try:
-            source = BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-            with Image.open(source) as image:
-                image.load()
-            return True
-        except Exception:  # noqa: BLE001 - any decoding failure means "skip this row"
-            return False
-
-    keep = raw.filter(decodes)
+    keep = raw.filter(lambda row: image_decodes(row[image_column]))
     dropped = len(dataset) - len(keep)
     if dropped:
         logger.warning("Skipped %d of %d rows whose %r failed to decode", dropped, len(dataset), image_column)

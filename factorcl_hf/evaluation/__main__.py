@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="embedding(s) to evaluate; default 'pooler' for retrieval/zero_shot/irfl_mc, "
                              "every available non-pooler one for probe/irfl_type, 'shared unique' for information")
     parser.add_argument("--class-names", nargs="+", help="zero_shot: class names in label-id order "
-                        "(default: the label column's ClassLabel names or its distinct strings)")
+                        "(default: the label column's ClassLabel names or its distinct strings, else the "
+                        "model config's id2label)")
     parser.add_argument("--templates", nargs="+", help="zero_shot: prompt templates with '{}' (default: 'a photo of a {}.')")
     parser.add_argument("--image-root", help="irfl_*: folder of downloaded IRFL images (and base of relative paths)")
     parser.add_argument("--skip-missing", action="store_true", help="irfl_*: drop rows whose images are not local")
@@ -76,6 +77,8 @@ def _load_dataset_dict(data: list[str], image_column: str):
     """A ``DatasetDict`` from an imagefolder directory or CSV/JSONL files (image paths resolved)."""
     import datasets
 
+    from ..data.image_text import split_by_column
+
     if len(data) == 1 and Path(data[0]).is_dir():
         return datasets.load_dataset("imagefolder", data_dir=data[0])
     suffixes = {Path(path).suffix.lower() for path in data}
@@ -88,8 +91,7 @@ def _load_dataset_dict(data: list[str], image_column: str):
         builder = "json"
     else:
         raise ValueError(f"`--data` files must all be .csv or all .jsonl/.json, got {sorted(suffixes)}")
-    # Files are read one by one so that relative image paths resolve against their own
-    # folder; together they form a single split.
+    # Files are read one by one so that relative image paths resolve against their own folder.
     parts = []
     for path in data:
         part = datasets.load_dataset(builder, data_files=str(path), split="train")
@@ -98,7 +100,8 @@ def _load_dataset_dict(data: list[str], image_column: str):
             part = part.map(lambda row: {image_column: str(base / row[image_column])})
             part = part.cast_column(image_column, datasets.Image())
         parts.append(part)
-    return datasets.DatasetDict({"train": datasets.concatenate_datasets(parts)})
+    # Together they form one split, unless a `split` column names each row's (as for training).
+    return split_by_column(datasets.concatenate_datasets(parts), ", ".join(data))
 
 
 def _select_splits(dataset_dict, args, needs_train: bool):
@@ -147,6 +150,17 @@ def _label_ids(split, column: str, class_names: list[str] | None) -> tuple[list[
     return [int(value) for value in values], class_names
 
 
+def _config_names(model, label_column: str) -> list[str]:
+    """The class names the model was trained with (its config's id2label), for bare integer labels."""
+    from ..hub import class_names
+
+    names = class_names(model)
+    if names is None:
+        raise ValueError(f"`--class-names` is required: column {label_column!r} holds bare integer labels "
+                         "and the model's config has no id2label names")
+    return names
+
+
 # ----------------------------------------------------------------------------- tasks
 def _run_task(args, model, processor) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics and extra record fields of the chosen task."""
@@ -189,8 +203,7 @@ def _run_task(args, model, processor) -> tuple[dict[str, float], dict[str, Any]]
     if args.task == "zero_shot":
         _check_columns(eval_split, [args.image_column, args.label_column])
         labels, class_names = _label_ids(eval_split, args.label_column, args.class_names)
-        if class_names is None:
-            raise ValueError(f"`--class-names` is required: column {args.label_column!r} holds bare integer labels")
+        class_names = class_names or _config_names(model, args.label_column)
         metrics = zero_shot.evaluate_zero_shot(
             model, processor, eval_split[args.image_column], labels, class_names,
             args.templates or zero_shot.DEFAULT_TEMPLATES, embedding, **embed_kwargs,
@@ -253,6 +266,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
     from ..integrity import check_model_path
 
+    from ..progress import hide_library_progress_bars
+
+    # --data is local (a folder or files): only a model downloaded from the Hub has bars worth keeping.
+    hide_library_progress_bars(keep_downloads=not args.no_progress)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_model_path(args.model)
     model = AutoModel.from_pretrained(args.model).to(args.device).eval()

@@ -14,6 +14,7 @@ device placement and the meaning of an embedding name:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -27,8 +28,11 @@ __all__ = [
     "embed_images",
     "embed_texts",
     "embed_pairs",
+    "embed_image_files",
     "load_image",
 ]
+
+logger = logging.getLogger(__name__)
 
 EMBEDDING_TYPES = ("pooler", "shared", "unique", "factorized", "backbone")
 MODALITIES = ("image", "text")
@@ -187,3 +191,37 @@ def embed_pairs(
         for modality, inputs in zip(MODALITIES, (images, texts))
     ]
     return {name: torch.cat([per_modality[0][name], per_modality[1][name]], dim=-1) for name in per_modality[0]}
+
+
+def embed_image_files(
+    model, processor, images: Sequence[Any], embeddings: str | Sequence[str] = "pooler", batch_size: int = 32,
+    progress: bool = False, **kwargs,
+) -> tuple[dict[str, torch.Tensor], list[int]]:
+    """Like :func:`extract_embeddings` for images, but an image that fails to open or decode
+    is skipped (and counted in a warning) instead of failing the whole run, as training does.
+
+    Returns ``({name: [n_kept, dim]}, kept)``: ``kept`` are the indices into ``images`` of
+    the rows embedded, in order. Raises ``ValueError`` when no image decodes.
+    """
+    from PIL import UnidentifiedImageError
+    from tqdm.auto import tqdm
+
+    kept: list[int] = []
+    parts: list[dict[str, torch.Tensor]] = []
+    with tqdm(total=len(images), desc="Embedding images", unit="image", disable=not progress) as bar:
+        for start in range(0, len(images), batch_size):
+            loaded = []
+            for index in range(start, min(start + batch_size, len(images))):
+                try:
+                    loaded.append(load_image(images[index]))
+                except (OSError, ValueError, UnidentifiedImageError):  # unreadable, truncated or missing
+                    continue
+                kept.append(index)
+            if loaded:
+                parts.append(extract_embeddings(model, processor, loaded, "image", embeddings, batch_size, **kwargs))
+            bar.update(min(batch_size, len(images) - start))
+    if not parts:
+        raise ValueError(f"none of the {len(images)} images could be decoded")
+    if len(kept) < len(images):
+        logger.warning("Skipped %d of %d images that failed to decode", len(images) - len(kept), len(images))
+    return {name: torch.cat([part[name] for part in parts]) for name in parts[0]}, kept

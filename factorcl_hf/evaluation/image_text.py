@@ -30,26 +30,27 @@ def _same_content(dataset, columns) -> torch.Tensor:
 
 def evaluate_image_text(model, processor, train_set, eval_set, image_column="image", caption_column="caption",
                         label_column=None, batch_size=128, match_columns=None) -> dict[str, float]:
-    """Retrieval on ``eval_set``: R@1/R@5 of exact pairs in both directions and their mean
-    (``retrieval_r1``, ``retrieval_r5``); with ``match_columns`` also ``retrieval_match_r1``,
-    where any item agreeing with the query on those columns (the content both modalities
-    share) is a hit. With a label column: linear-probe accuracy of the label from the
-    factorized embedding ``[Z_S; Z_U]`` of image and text (``probe_acc``) and from the
-    backbone (``backbone_probe_acc``), probes fitted on ``train_set``."""
+    """Retrieval on ``eval_set``, named as ``python -m factorcl_hf.evaluation`` names it:
+    ``image_to_text_R@K`` and ``text_to_image_R@K`` of exact pairs for K = 1, 5, and their
+    means ``mean_R@K``; with ``match_columns`` also ``match_mean_R@1``, where any item agreeing
+    with the query on those columns (the content both modalities share) is a hit. With a
+    label column, the linear probe task's ``{embedding}_accuracy``: the label from the
+    factorized embedding ``[Z_S; Z_U]`` of image and text (``factorized_accuracy``) and from
+    the backbone (``backbone_accuracy``), probes fitted on ``train_set``."""
     test = encode_image_text(model, processor, eval_set, image_column, caption_column, batch_size=batch_size)
     scores = score_matrix(test["image"]["pooler"], test["text"]["pooler"], critic=model.objective.alignment_critic)
-    recall = recall_at_k(scores, ks=(1, 5))
-    metrics = {f"retrieval_{key.replace('image_to_text', 'i2t').replace('text_to_image', 't2i').replace('R@', 'r')}": value
-               for key, value in recall.items() if "R@" in key}
+    metrics = {key: value for key, value in recall_at_k(scores, ks=(1, 5)).items() if "R@" in key}
     for k in (1, 5):
-        metrics[f"retrieval_r{k}"] = (metrics[f"retrieval_i2t_r{k}"] + metrics[f"retrieval_t2i_r{k}"]) / 2
+        metrics[f"mean_R@{k}"] = (metrics[f"image_to_text_R@{k}"] + metrics[f"text_to_image_R@{k}"]) / 2
     if match_columns:
         correct = _same_content(eval_set, match_columns)
         hits = [expected_hits(s, correct, 1).mean().item() for s in (scores, scores.T)]
-        metrics["retrieval_match_r1"] = sum(hits) / 2
+        metrics["match_mean_R@1"] = sum(hits) / 2
     if label_column is not None:
         train = encode_image_text(model, processor, train_set, image_column, caption_column, batch_size=batch_size)
-        for key, name in (("probe_acc", "factorized"), ("backbone_probe_acc", "backbone")):
+        for name in ("factorized", "backbone"):
             features = [torch.cat([split["image"][name], split["text"][name]], dim=1) for split in (train, test)]
-            metrics[key] = linear_probe_accuracy(features[0], train_set[label_column], features[1], eval_set[label_column])
+            metrics[f"{name}_accuracy"] = linear_probe_accuracy(
+                features[0], train_set[label_column], features[1], eval_set[label_column]
+            )
     return metrics
