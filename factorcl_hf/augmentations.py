@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from PIL import Image, ImageEnhance
 
@@ -312,8 +313,6 @@ class FeatureAugmentation(_RandomTransform):
         return features
 
     def _mixup(self, features: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        import numpy as np
-
         batch_size = features.shape[0]
         # One random cycle through the batch pairs every sample with a different one.
         cycle = torch.randperm(batch_size, generator=generator)

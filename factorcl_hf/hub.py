@@ -22,6 +22,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
 from .configuration_factorcl import objective_spec
 
 __all__ = [
@@ -94,8 +97,6 @@ def validate_model_card(card) -> None:
     task type must be Hub ids, and ``base_model``/``datasets`` Hub repositories, not local
     paths. (``ModelCard.validate`` asks the Hub itself; ``push_to_hub`` does that on upload.)
     Raises ``ValueError`` naming the field."""
-    from huggingface_hub import ModelCard
-
     data = ModelCard(str(card)).data
     if data.license not in HUB_LICENSES:
         raise ValueError(f"model card `license` must be a Hub license id (e.g. apache-2.0, mit), got {data.license!r}")
@@ -139,8 +140,6 @@ def _dataset_name(record: Mapping[str, Any]) -> str:
 
 
 def _eval_results(records: list[Mapping[str, Any]]):
-    from huggingface_hub import EvalResult
-
     results, rows = [], []
     for record in records:
         task_type, task_name = _TASKS.get(record["task"], (str(record["task"]), str(record["task"])))
@@ -218,8 +217,6 @@ def build_model_card(
     Returns:
         A ``huggingface_hub.ModelCard``.
     """
-    from huggingface_hub import ModelCard, ModelCardData
-
     config = _config_of(model_or_config)
     template = Path(template_path) if template_path is not None else MODEL_CARD_TEMPLATE
     if not template.is_file():
@@ -306,8 +303,6 @@ def save_for_hub(save_directory: str | os.PathLike, model, processor=None, card=
 def _transport_errors() -> tuple[type[BaseException], ...]:
     # huggingface_hub raises its HTTP client's errors for connection failures (httpx or
     # httpx2 depending on the version); HfHubHTTPError derives from that client's HTTPError.
-    from huggingface_hub.errors import HfHubHTTPError
-
     client_errors = tuple(base for base in HfHubHTTPError.__mro__ if base.__name__ == "HTTPError")
     return (OSError, *client_errors)
 
@@ -338,9 +333,6 @@ def push_to_hub(
         RuntimeError: the Hub could not be reached (offline, connection refused, ...) or it
             refused the upload; the message names ``repo_id``.
     """
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
     if not isinstance(repo_id, str) or not repo_id.strip() or repo_id.count("/") > 1:
         raise ValueError(f"`repo_id` must be a Hub repository id like 'user/name', got {repo_id!r}")
     if card is None:

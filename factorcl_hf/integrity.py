@@ -15,6 +15,8 @@ import hashlib
 import os
 from pathlib import Path
 
+import torch
+
 CHECKSUM_FILE = "SHA256SUMS"
 
 
@@ -76,8 +78,6 @@ def check_model_path(path: str | os.PathLike) -> None:
 def check_finite(module, where: str = "the model") -> None:
     """Raise ``ValueError`` naming the first parameter or buffer of ``module`` that holds a NaN
     or an infinite value."""
-    import torch
-
     for kind, tensors in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
         for name, tensor in tensors:
             # Meta tensors (weights offloaded by a device map) hold no values to check.

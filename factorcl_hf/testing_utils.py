@@ -11,12 +11,24 @@ vocabulary from the Hub. Everything here is built from local data:
 - :func:`tiny_siglip_config` gives the same for a SigLIP backbone.
 - :func:`tiny_clip_processor` pairs the tokenizer with ``CLIPImageProcessorPil`` (the default
   ``CLIPImageProcessor`` of transformers v5 needs torchvision).
+- :func:`save_tiny_model` saves a randomly initialised tiny FactorCL model with its processor;
+  :func:`random_images` gives noise images to feed it.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import pre_tokenizers
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPProcessor, CLIPTokenizer, SiglipConfig
+
+from .configuration_factorcl import FactorCLConfig
+from .modeling_factorcl import FactorCLModel
 
 __all__ = [
     "BOS_TOKEN",
@@ -27,6 +39,8 @@ __all__ = [
     "vit_b32_clip_config",
     "tiny_siglip_config",
     "tiny_clip_processor",
+    "save_tiny_model",
+    "random_images",
 ]
 
 BOS_TOKEN = "<|startoftext|>"
@@ -41,8 +55,6 @@ def _byte_level_symbols() -> list[str]:
     word falls back to its bytes, exactly as in OpenAI's CLIP vocabulary, whose first 512
     entries are these symbols.
     """
-    from tokenizers import pre_tokenizers
-
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     return alphabet + [symbol + _END_OF_WORD for symbol in alphabet]
 
@@ -56,10 +68,6 @@ def _train_word_merges(texts: list[str]) -> list[tuple[str, str]]:
     pair itself. (``tokenizers``' trainer breaks ties in hash-map order, so the same captions
     could give different vocabularies from run to run.)
     """
-    from collections import Counter
-
-    from transformers import CLIPTokenizer
-
     reference = CLIPTokenizer().backend_tokenizer
     counts = Counter(
         word
@@ -113,8 +121,6 @@ def build_caption_tokenizer(
     Returns:
         A ``transformers.CLIPTokenizer``, reloadable with ``AutoTokenizer.from_pretrained``.
     """
-    from transformers import CLIPTokenizer
-
     texts = list(texts)
     if not texts or not all(isinstance(text, str) for text in texts):
         raise ValueError("`texts` must be a non-empty iterable of strings (the captions to build the vocabulary from)")
@@ -154,8 +160,6 @@ def _clip_config(
     max_position_embeddings: int, text: tuple[int, int, int], vision: tuple[int, int, int],
 ):
     """A ``CLIPConfig``; ``text`` and ``vision`` are each tower's (width, layers, heads)."""
-    from transformers import CLIPConfig
-
     for name, value in token_ids.items():
         if not isinstance(value, int) or not 0 <= value < vocab_size:
             raise ValueError(f"`{name}` must be an int in [0, vocab_size={vocab_size}), got {value!r}")
@@ -200,8 +204,6 @@ def tiny_siglip_config(
     """A ``SiglipConfig`` as small as :func:`tiny_clip_config` (both towers ``hidden_size``
     wide, the text head projecting to the same size). SigLIP pools the text at its last
     position, so pad captions to ``max_position_embeddings`` (``padding="max_length"``)."""
-    from transformers import SiglipConfig
-
     for name, value in dict(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id).items():
         if not isinstance(value, int) or not 0 <= value < vocab_size:
             raise ValueError(f"`{name}` must be an int in [0, vocab_size={vocab_size}), got {value!r}")
@@ -236,8 +238,6 @@ def tiny_clip_processor(tokenizer, image_size: int = 32):
     Images are resized (shortest edge) and centre-cropped to ``image_size`` square, then
     normalised with OpenAI's CLIP mean/std, like the original processor at 224 px.
     """
-    from transformers import CLIPImageProcessorPil, CLIPProcessor
-
     if not isinstance(image_size, int) or image_size < 1:
         raise ValueError(f"`image_size` must be a positive int, got {image_size!r}")
     image_processor = CLIPImageProcessorPil(
@@ -245,3 +245,23 @@ def tiny_clip_processor(tokenizer, image_size: int = 32):
         crop_size={"height": image_size, "width": image_size},
     )
     return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def save_tiny_model(directory, captions: Iterable[str], seed: int = 0, **config_kwargs):
+    """Save a randomly initialised (``seed``) FactorCL model on a :func:`tiny_clip_config`
+    backbone, and its :func:`tiny_clip_processor` whose vocabulary holds every word of
+    ``captions``, to ``directory``; returns ``(model, processor)``, the model in eval mode.
+    ``config_kwargs`` go to ``FactorCLConfig`` (e.g. small heads)."""
+    tokenizer = build_caption_tokenizer(list(captions))
+    config = FactorCLConfig(clip_config=tiny_clip_config(len(tokenizer), **special_token_ids(tokenizer)), **config_kwargs)
+    torch.manual_seed(seed)
+    model, processor = FactorCLModel(config).eval(), tiny_clip_processor(tokenizer, 32)
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return model, processor
+
+
+def random_images(count: int, size: int = 40, seed: int = 0) -> list:
+    """``count`` RGB noise images of ``size`` x ``size`` pixels, reproducible by ``seed``."""
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)]

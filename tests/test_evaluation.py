@@ -11,8 +11,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from factorcl_hf import FactorCLConfig, FactorCLModel
-from factorcl_hf.data.shapes import write_shapes_imagefolder
 from factorcl_hf.estimators import ConcatCritic
 from factorcl_hf.evaluation.__main__ import run as run_cli
 from factorcl_hf.evaluation.embed import available_embeddings, embed_images, embed_pairs, extract_embeddings
@@ -28,7 +26,7 @@ from factorcl_hf.evaluation.irfl import (
 from factorcl_hf.evaluation.probe import linear_probe_accuracy
 from factorcl_hf.evaluation.retrieval import expected_hits, recall_at_k
 from factorcl_hf.evaluation.zero_shot import topk_accuracy, zero_shot_logits
-from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+from factorcl_hf.testing_utils import save_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL_HEADS = dict(head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8, logit_temperature=0.07)
@@ -36,22 +34,11 @@ SMALL_HEADS = dict(head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_
 
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    return write_shapes_imagefolder(tmp_path_factory.mktemp("shapes"), num_samples=24, test_fraction=0.5, image_size=32)
-
-
-@pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, shapes_dir):
     """A tiny FactorCL-SSL model saved with its processor; returns (dir, model, processor)."""
     captions = [json.loads(line)["caption"] for line in (shapes_dir / "train" / "metadata.jsonl").read_text().splitlines()]
-    tokenizer = build_caption_tokenizer(captions + ["a photo of a circle.", "a photo of a square."])
-    processor = tiny_clip_processor(tokenizer, 32)
-    config = FactorCLConfig(clip_config=tiny_clip_config(len(tokenizer), **special_token_ids(tokenizer)), **SMALL_HEADS)
-    torch.manual_seed(0)
-    model = FactorCLModel(config).eval()
     directory = tmp_path_factory.mktemp("model")
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
+    model, processor = save_tiny_model(directory, captions + ["a photo of a circle.", "a photo of a square."], **SMALL_HEADS)
     return directory, model, processor
 
 

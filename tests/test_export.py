@@ -11,32 +11,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from factorcl_hf import FactorCLConfig, FactorCLModel
-from factorcl_hf.data.shapes import write_shapes_imagefolder
 from factorcl_hf.evaluation.embed import extract_embeddings
 from factorcl_hf.evaluation.export import run_embed, run_search
 from factorcl_hf.evaluation.retrieval import score_matrix
-from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+from factorcl_hf.testing_utils import save_tiny_model
 
 NAMES = ["pooler", "shared", "unique", "factorized", "backbone"]
 
 
 @pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    return write_shapes_imagefolder(tmp_path_factory.mktemp("shapes"), num_samples=24, test_fraction=0.5, image_size=32)
-
-
-@pytest.fixture(scope="module")
 def saved_model(tmp_path_factory, shapes_dir):
     captions = [json.loads(line)["caption"] for line in (shapes_dir / "test" / "metadata.jsonl").read_text().splitlines()]
-    tokenizer = build_caption_tokenizer(captions + ["a red circle"])
-    config = FactorCLConfig(clip_config=tiny_clip_config(len(tokenizer), **special_token_ids(tokenizer)),
-                            head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8)
-    torch.manual_seed(0)
-    model, processor = FactorCLModel(config).eval(), tiny_clip_processor(tokenizer, 32)
     directory = tmp_path_factory.mktemp("model")
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
+    model, processor = save_tiny_model(directory, captions + ["a red circle"], head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8)
     return directory, model, processor
 
 

@@ -6,7 +6,7 @@ from transformers import AutoModel, AutoProcessor, CLIPModel
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.objectives import OBJECTIVES
-from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+from factorcl_hf.testing_utils import random_images, tiny_clip_processor
 
 CAPTIONS = ["a small circle at the top", "a large square at the bottom", "a small cross", "a large triangle drawn by anna"]
 SMALL_HEADS = dict(head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8, num_labels=3,
@@ -14,20 +14,9 @@ SMALL_HEADS = dict(head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return build_caption_tokenizer(CAPTIONS)
-
-
-@pytest.fixture(scope="module")
-def clip_config(tokenizer):
-    return tiny_clip_config(len(tokenizer), **special_token_ids(tokenizer))
-
-
-@pytest.fixture(scope="module")
 def batch(tokenizer):
     processor = tiny_clip_processor(tokenizer, 32)
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in CAPTIONS]
+    images = random_images(len(CAPTIONS))
     inputs = processor(text=CAPTIONS, images=images, return_tensors="pt", padding=True)
     augmented = processor(text=[c.rsplit(" ", 1)[0] for c in CAPTIONS], images=[im.transpose(0) for im in images],
                           return_tensors="pt", padding=True)

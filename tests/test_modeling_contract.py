@@ -8,15 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import CLIPModel
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.data.shapes import write_shapes_imagefolder
-from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+from factorcl_hf.testing_utils import build_caption_tokenizer, random_images, special_token_ids, tiny_clip_config, tiny_clip_processor
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTIONS = ["a small circle at the top", "a large square at the bottom", "a small cross", "a large triangle"]
@@ -24,19 +22,8 @@ SMALL_HEADS = dict(head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return build_caption_tokenizer(CAPTIONS)
-
-
-@pytest.fixture(scope="module")
-def clip_config(tokenizer):
-    return tiny_clip_config(len(tokenizer), **special_token_ids(tokenizer))
-
-
-@pytest.fixture(scope="module")
 def batch(tokenizer):
-    rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in CAPTIONS]
+    images = random_images(len(CAPTIONS))
     return dict(tiny_clip_processor(tokenizer, 32)(text=CAPTIONS, images=images, return_tensors="pt", padding=True))
 
 
@@ -193,8 +180,7 @@ def test_feature_extraction_pipelines_give_the_pooler_output(tmp_path, tokenizer
 
     model = make_model(clip_config).eval()
     processor = tiny_clip_processor(tokenizer, 32)
-    rng = np.random.default_rng(1)
-    images = [Image.fromarray(rng.integers(0, 255, (36, 36, 3), dtype=np.uint8)) for _ in range(2)]
+    images = random_images(2, size=36, seed=1)
     texts = pipeline("feature-extraction", model=model, tokenizer=processor.tokenizer, return_tensors=True)(CAPTIONS[:2])
     pictures = pipeline("image-feature-extraction", model=model, image_processor=processor.image_processor,
                         return_tensors=True)(images)

@@ -64,12 +64,13 @@ def print_table(results: dict, objectives: list[str], several_seeds: bool):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    # The libraries load once the arguments are parsed, so that `--help` answers at once.
+    import datasets
 
     from factorcl_hf import FactorCLModel
-    from factorcl_hf.progress import hide_library_progress_bars
     from factorcl_hf.data.shapes import save_sample_grid, shapes_label_accuracy_ceilings, write_shapes_imagefolder
     from factorcl_hf.evaluation.image_text import encode_image_text
-
+    from factorcl_hf.progress import hide_library_progress_bars
     from training.arguments import load_config_file
     from training.arguments import parse_args as parse_train_args
     from training.train import train
@@ -81,8 +82,6 @@ def main(argv=None) -> dict:
     data_dir = write_shapes_imagefolder(
         out / "data", num_samples=num_samples, seed=recipe.get("seed", 0), unique_share=recipe["unique_share"]
     )
-    import datasets
-
     test_rows = datasets.load_dataset("imagefolder", data_dir=str(data_dir))["test"]
     save_sample_grid(test_rows, out / "samples.png", n=16)
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.tracking import get_available_trackers
+from accelerate.utils import LoggerType, ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoProcessor, get_scheduler
 
@@ -45,6 +46,8 @@ from factorcl_hf.progress import hide_library_progress_bars
 from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 from factorcl_hf.training_step import parameter_groups, training_step
 from training.arguments import TrainingArguments
+from training.splits import eval_split_of
+from training.streaming import streaming_data
 
 log = logging.getLogger("factorcl.train")
 
@@ -114,9 +117,6 @@ def build_accelerator(args: TrainingArguments) -> Accelerator:
 def trackers(args: TrainingArguments) -> list[str] | None:
     """``--report_to`` as accelerate's ``log_with``; an unknown or uninstalled tracker is an
     error here, before the run (accelerate would drop an uninstalled one silently)."""
-    from accelerate.tracking import get_available_trackers
-    from accelerate.utils import LoggerType
-
     names = [name.strip() for name in args.report_to.split(",") if name.strip()]
     if names in ([], ["none"]):
         return None
@@ -182,8 +182,6 @@ def build_data(args: TrainingArguments, accelerator: Accelerator) -> TrainingDat
         data = load_image_text_dataset(source, *columns, streaming=args.streaming)
         eval_data = load_image_text_dataset(args.eval_data, *columns) if args.eval_data and args.eval_split != "none" else None
     if args.streaming:
-        from training.streaming import streaming_data
-
         return TrainingData(label_column=label_column, source=source, dropped=0,
                             **streaming_data(args, accelerator, data, eval_data, source, label_column))
     if args.train_split not in data:
@@ -197,29 +195,6 @@ def build_data(args: TrainingArguments, accelerator: Accelerator) -> TrainingDat
             f"({args.per_device_train_batch_size} x {accelerator.num_processes} processes)"
         )
     return TrainingData(train_set, encoded["eval"], label_column, source, dropped, eval_source, eval_split, label_names)
-
-
-def eval_split_of(args: TrainingArguments, data, eval_data, source):
-    """``(train, eval, eval source, eval split name)``: ``--eval_data``'s ``--eval_split`` (or
-    its only split), else a seeded ``--eval_fraction`` of the training split, else the
-    data's own ``--eval_split``; with none of them, a warning and no evaluation."""
-    train_set = data[args.train_split]
-    if args.eval_split == "none":
-        return train_set, None, None, None
-    if eval_data is not None:
-        names = sorted(eval_data)
-        name = args.eval_split if args.eval_split in eval_data else names[0] if len(names) == 1 else None
-        if name is None:
-            raise ValueError(f"`eval_split` {args.eval_split!r} not in `eval_data` {args.eval_data!r}; splits: {names}")
-        return train_set, eval_data[name], args.eval_data, name
-    if args.eval_fraction:
-        parts = train_set.train_test_split(test_size=args.eval_fraction, seed=args.seed)
-        return parts["train"], parts["test"], source, f"{args.train_split} ({args.eval_fraction:g} held out)"
-    if args.eval_split in data and args.eval_split != args.train_split:
-        return train_set, data[args.eval_split], source, args.eval_split
-    log.warning("No evaluation: the data has no %r split (splits: %s). Give --eval_data or --eval_fraction to "
-                "report metrics, or --eval_split none to silence this.", args.eval_split, sorted(data))
-    return train_set, None, None, None
 
 
 # ------------------------------------------------------------------------------- model

@@ -13,9 +13,15 @@ Evaluation reads ``--eval_data`` (or the source's ``--eval_split``) in full.
 
 from __future__ import annotations
 
+from io import BytesIO
 from typing import Any
 
+import datasets
+from datasets.distributed import split_dataset_by_node
+from PIL import Image
+
 from factorcl_hf.data.image_text import encode_labels, image_decodes
+from training.splits import eval_split_of
 
 __all__ = ["streaming_data"]
 
@@ -23,8 +29,6 @@ __all__ = ["streaming_data"]
 def _decodable_rows(stream, image_column: str, counter: dict):
     """``stream`` without rows whose image fails to decode (``counter["count"]`` counts
     them), its image column left undecoded: ``{"bytes", "path"}`` (see :func:`_opened`)."""
-    import datasets
-
     def keep(row) -> bool:
         decodes = image_decodes(row[image_column])
         counter["count"] += not decodes
@@ -36,10 +40,6 @@ def _decodable_rows(stream, image_column: str, counter: dict):
 def _opened(value):
     """The PIL image of an undecoded ``datasets.Image`` value. (A stream cast back to a
     decoding ``Image`` feature after the filter would still yield the raw values.)"""
-    from io import BytesIO
-
-    from PIL import Image
-
     image = Image.open(BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
     image.load()
     return image
@@ -49,11 +49,6 @@ def streaming_data(args, accelerator, data, eval_data, source, label_column) -> 
     """The fields of ``training.loop.TrainingData`` for a streamed ``data`` (an
     ``IterableDatasetDict``): ``stream`` (this process's shard), ``train`` (the sample),
     ``eval`` and the label names."""
-    import datasets
-    from datasets.distributed import split_dataset_by_node
-
-    from training.loop import eval_split_of
-
     if args.train_split not in data:
         raise ValueError(f"`train_split` {args.train_split!r} not in the data; splits: {sorted(data)}")
     stream, eval_set, eval_source, eval_split = eval_split_of(args, data, eval_data, source)

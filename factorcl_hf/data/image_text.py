@@ -12,10 +12,12 @@ import logging
 import os
 from collections.abc import Sized
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 logger = logging.getLogger(__name__)
 
@@ -198,10 +200,6 @@ def encode_labels(splits: dict[str, Any], label_column: str | None) -> tuple[dic
 
 def image_decodes(value) -> bool:
     """Whether an undecoded ``datasets.Image`` value (``{"bytes", "path"}``) opens as an image."""
-    from io import BytesIO
-
-    from PIL import Image
-
     if value is None:
         return False
     try:

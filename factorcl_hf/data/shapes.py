@@ -55,6 +55,7 @@ name. Aggressive random resized crops can cut the shape out of the picture.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import numbers
@@ -62,6 +63,7 @@ import os
 import shutil
 import tempfile
 import textwrap
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -165,8 +167,6 @@ def shapes_label_accuracy_ceilings(
     ``image`` (what the image shows); ``caption`` (what the caption says); ``all``.
     """
     _check_arguments(2, MIN_IMAGE_SIZE, unique_share, num_labels)
-    import itertools
-    from collections import defaultdict
 
     p = float(unique_share)
     names = ("shape", "size", "position", "colour", "drawer")

@@ -22,10 +22,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import AutoModel, AutoProcessor
+
+from ..data.image_text import split_by_column
+from ..hub import class_names
+from ..integrity import check_model_path
+from ..progress import hide_library_progress_bars
+from . import information, irfl, retrieval, zero_shot
+from .embed import EMBEDDING_TYPES, available_embeddings, embed_pairs
+from .probe import linear_probe_accuracy
+
 TASKS = ("retrieval", "zero_shot", "irfl_mc", "irfl_type", "probe", "information")
 # Tasks that read several embeddings at once; the others score one embedding.
 MULTI_EMBEDDING_TASKS = ("probe", "irfl_type", "information")
-EMBEDDING_TYPES = ("pooler", "shared", "unique", "factorized", "backbone")  # = embed.EMBEDDING_TYPES (no heavy import)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,8 +86,6 @@ def _is_string(feature) -> bool:
 def _load_dataset_dict(data: list[str], image_column: str):
     """A ``DatasetDict`` from an imagefolder directory or CSV/JSONL files (image paths resolved)."""
     import datasets
-
-    from ..data.image_text import split_by_column
 
     if len(data) == 1 and Path(data[0]).is_dir():
         return datasets.load_dataset("imagefolder", data_dir=data[0])
@@ -152,8 +160,6 @@ def _label_ids(split, column: str, class_names: list[str] | None) -> tuple[list[
 
 def _config_names(model, label_column: str) -> list[str]:
     """The class names the model was trained with (its config's id2label), for bare integer labels."""
-    from ..hub import class_names
-
     names = class_names(model)
     if names is None:
         raise ValueError(f"`--class-names` is required: column {label_column!r} holds bare integer labels "
@@ -164,10 +170,6 @@ def _config_names(model, label_column: str) -> list[str]:
 # ----------------------------------------------------------------------------- tasks
 def _run_task(args, model, processor) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics and extra record fields of the chosen task."""
-    from . import information, irfl, retrieval, zero_shot
-    from .embed import available_embeddings, embed_pairs
-    from .probe import linear_probe_accuracy
-
     embed_kwargs = dict(batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
     multi = args.task in MULTI_EMBEDDING_TASKS
     if args.embedding and not multi and len(args.embedding) != 1:
@@ -258,15 +260,6 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     if args.out and Path(args.out).is_dir():
         # Checked before the model loads and the evaluation runs, not when the results are written.
         parser.error(f"--out {args.out!r} is a directory; give a file path such as {os.path.join(args.out, 'results.json')!r}")
-
-    import torch
-    from transformers import AutoModel, AutoProcessor
-
-    import factorcl_hf  # noqa: F401  (registers the "factorcl" model type with AutoModel)
-
-    from ..integrity import check_model_path
-
-    from ..progress import hide_library_progress_bars
 
     # --data is local (a folder or files): only a model downloaded from the Hub has bars worth keeping.
     hide_library_progress_bars(keep_downloads=not args.no_progress)

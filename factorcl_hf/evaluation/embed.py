@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 __all__ = [
     "EMBEDDING_TYPES",
@@ -68,8 +70,6 @@ def _check_embedding_names(embeddings: Sequence[str]) -> tuple[str, ...]:
 
 def load_image(image: Any):
     """A PIL RGB image from a PIL image or a path to an image file."""
-    from PIL import Image
-
     if isinstance(image, Image.Image):
         return image.convert("RGB") if image.mode != "RGB" else image
     if isinstance(image, (str, os.PathLike)):
@@ -126,8 +126,6 @@ def extract_embeddings(
     Returns:
         ``{name: float32 CPU tensor [len(inputs), dim]}`` for each requested name.
     """
-    from tqdm.auto import tqdm
-
     if modality not in MODALITIES:
         raise ValueError(f"`modality` must be one of {MODALITIES}, got {modality!r}")
     names = _check_embedding_names(embeddings)
@@ -203,9 +201,6 @@ def embed_image_files(
     Returns ``({name: [n_kept, dim]}, kept)``: ``kept`` are the indices into ``images`` of
     the rows embedded, in order. Raises ``ValueError`` when no image decodes.
     """
-    from PIL import UnidentifiedImageError
-    from tqdm.auto import tqdm
-
     kept: list[int] = []
     parts: list[dict[str, torch.Tensor]] = []
     with tqdm(total=len(images), desc="Embedding images", unit="image", disable=not progress) as bar:

@@ -19,11 +19,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
-EMBEDDING_TYPES = ("pooler", "shared", "unique", "factorized", "backbone")  # = embed.EMBEDDING_TYPES (no heavy import)
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, AutoProcessor
+
+from ..data.image_text import drop_undecodable_images, load_image_text_dataset
+from ..progress import hide_library_progress_bars
+from .embed import EMBEDDING_TYPES, embed_image_files, extract_embeddings, load_image
+from .retrieval import score_matrix
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 
 
@@ -68,8 +76,6 @@ def _read_texts(path: Path) -> list[str]:
 
 def _dataset_split(args):
     """The ``--data`` split, its image column checked for undecodable images."""
-    from ..data.image_text import drop_undecodable_images, load_image_text_dataset
-
     data = load_image_text_dataset(args.data, args.image_column, args.caption_column)
     names = sorted(data)
     name = args.split or ("test" if "test" in data else names[0] if len(names) == 1 else None)
@@ -87,8 +93,6 @@ def _dataset_split(args):
 # --------------------------------------------------------------------------- embedding
 def embed_sources(args, model, processor) -> list[dict[str, Any]]:
     """``[{"modality", "ids", "texts" (or None), "embeddings": {name: [n, d]}}]`` of the inputs."""
-    from .embed import embed_image_files, extract_embeddings
-
     kwargs = dict(batch_size=args.batch_size, device=args.device, progress=not args.no_progress)
     parts = []
     if args.images:
@@ -114,8 +118,6 @@ def embed_sources(args, model, processor) -> list[dict[str, Any]]:
 
 def write_embeddings(parts: list[dict[str, Any]], out: Path, names: list[str]) -> list[Path]:
     """Write ``parts`` as one Parquet table or as ``.npy`` arrays with JSON ids; returns the files."""
-    import numpy as np
-
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".npy":
         written = []
@@ -155,8 +157,6 @@ def write_faiss_index(parts: list[dict[str, Any]], out: Path) -> Path:
         import faiss
     except ImportError as error:
         raise ValueError("`--faiss` needs the faiss package: pip install faiss-cpu (or factorcl-hf[faiss])") from error
-    import torch
-    import torch.nn.functional as F
 
     vectors = F.normalize(torch.cat([part["embeddings"]["pooler"] for part in parts]), dim=-1).numpy()
     index = faiss.IndexFlatIP(vectors.shape[1])
@@ -167,13 +167,6 @@ def write_faiss_index(parts: list[dict[str, Any]], out: Path) -> Path:
 
 
 def _load_model(name: str, device: str | None):
-    import torch
-    from transformers import AutoModel, AutoProcessor
-
-    import factorcl_hf  # noqa: F401  (registers the "factorcl" model type)
-
-    from ..progress import hide_library_progress_bars
-
     hide_library_progress_bars(keep_downloads=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return AutoModel.from_pretrained(name).to(device).eval(), AutoProcessor.from_pretrained(name), device
@@ -225,9 +218,7 @@ def build_search_parser() -> argparse.ArgumentParser:
 def _stored_rows(path: Path, modality: str):
     """``(ids, their modality, [n, d] pooler embeddings)`` of the stored rows of ``modality``,
     or of the other modality when the table holds only that."""
-    import numpy as np
     import pyarrow.parquet as pq
-    import torch
 
     if not path.is_file():
         raise ValueError(f"`--index` {str(path)!r} does not exist")
@@ -243,9 +234,6 @@ def run_search(argv: list[str] | None = None) -> list[tuple[str, float]]:
     """``factorcl-search``: the ``--top-k`` stored items for the query, best first, printed
     and returned as ``[(id, score)]``. Image-text pairs are scored with the model's alignment
     critic (what ``logits_per_image`` computes), same-modality pairs by cosine."""
-    from .embed import extract_embeddings, load_image
-    from .retrieval import score_matrix
-
     parser = build_search_parser()
     args = parser.parse_args(argv)
     if args.top_k < 1:
@@ -277,6 +265,3 @@ def search_main(argv: list[str] | None = None) -> int:
     run_search(argv)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())
