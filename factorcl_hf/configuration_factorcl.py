@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
@@ -24,6 +25,8 @@ class ObjectiveSpec:
         supervised: needs labels (`--label_column`).
         augmented_views: needs an augmented view of every pair (the backbone encodes 2B inputs).
         factorized: separate shared (Z_S: two heads) and unique (Z_U: three heads) representations.
+        six_bounds: trained with FactorCL's six MI bounds (:data:`FACTORCL_TERMS`, which
+            ``term_weights`` weighs); the baselines have losses of their own.
     """
 
     name: str
@@ -32,6 +35,7 @@ class ObjectiveSpec:
     supervised: bool
     augmented_views: bool
     factorized: bool
+    six_bounds: bool = False
 
 
 _SIX_BOUNDS = "separate shared and unique representations learned with six mutual-information bounds"
@@ -40,9 +44,9 @@ OBJECTIVE_REGISTRY: dict[str, ObjectiveSpec] = {
     spec.name: spec
     for spec in (
         ObjectiveSpec("factorcl_ssl", "FactorCL-SSL", f"{_SIX_BOUNDS}, augmented views standing in for labels",
-                      supervised=False, augmented_views=True, factorized=True),
+                      supervised=False, augmented_views=True, factorized=True, six_bounds=True),
         ObjectiveSpec("factorcl_sup", "FactorCL-SUP", f"{_SIX_BOUNDS} conditioned on the labels",
-                      supervised=True, augmented_views=False, factorized=True),
+                      supervised=True, augmented_views=False, factorized=True, six_bounds=True),
         ObjectiveSpec("simclr", "SimCLR", "the cross-modal InfoNCE (CLIP) loss, which keeps shared information only",
                       supervised=False, augmented_views=False, factorized=False),
         ObjectiveSpec("siglip", "SigLIP", "SigLIP's pairwise sigmoid loss, which keeps shared information only",
@@ -52,12 +56,41 @@ OBJECTIVE_REGISTRY: dict[str, ObjectiveSpec] = {
         ObjectiveSpec("cross_self", "Cross+Self", "cross-modal InfoNCE plus InfoNCE between each sample and its augmented view",
                       supervised=False, augmented_views=True, factorized=False),
         ObjectiveSpec("ourcl_ssl", "OurCL-SSL", f"the FactorCL-SSL {_ONE_REPRESENTATION}",
-                      supervised=False, augmented_views=True, factorized=False),
+                      supervised=False, augmented_views=True, factorized=False, six_bounds=True),
         ObjectiveSpec("ourcl_sup", "OurCL-SUP", f"the FactorCL-SUP {_ONE_REPRESENTATION}",
-                      supervised=True, augmented_views=False, factorized=False),
+                      supervised=True, augmented_views=False, factorized=False, six_bounds=True),
     )
 }
 OBJECTIVES = tuple(OBJECTIVE_REGISTRY)
+
+# The six terms of FactorCL's loss (FACTORCL.md) by their `loss_terms` name, each with the sign
+# it enters the minimised loss: InfoNCE lower bounds are maximised, CLUB upper bounds minimised.
+FACTORCL_TERMS: dict[str, int] = {
+    "shared_nce": -1,
+    "shared_cond_club": 1,
+    "unique_club": 1,
+    "unique_label_nce_1": -1,
+    "unique_label_nce_2": -1,
+    "unique_cond_nce": -1,
+}
+
+
+def check_term_weights(term_weights) -> dict[str, float] | None:
+    """``term_weights`` as ``{term: float}`` (``None`` stays ``None``: every term weighs 1).
+    Raises ``ValueError`` naming an unknown term or a weight that is not a finite number >= 0
+    (a negative weight would turn a bound the wrong way)."""
+    if term_weights is None:
+        return None
+    if not isinstance(term_weights, dict):
+        raise TypeError(f"`term_weights` must be a dict of term name -> weight, got {term_weights!r}")
+    checked = {}
+    for name, weight in term_weights.items():
+        if name not in FACTORCL_TERMS:
+            raise ValueError(f"`term_weights` names unknown term {name!r}; terms: {list(FACTORCL_TERMS)}")
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < math.inf:
+            raise ValueError(f"`term_weights[{name!r}]` must be a finite number >= 0, got {weight!r}")
+        checked[name] = float(weight)
+    return checked
 
 
 @dataclass(frozen=True)
@@ -186,6 +219,10 @@ class FactorCLConfig(PreTrainedConfig):
             of the FactorCL objectives) or `paper` (the paper's concatenation and CLUB game, for
             reproducing published numbers; the default of the OurCL ablations); see
             `ESTIMATOR_PRESETS` and docs/estimators.md. Configs saved before this option load as `paper`.
+        term_weights (`dict`, *optional*):
+            A weight per term of the six-bound objectives (`FACTORCL_TERMS`, e.g.
+            `{"unique_club": 0.5}`); terms not named weigh 1, as in the paper. For ablations
+            (docs/main_job.md).
         num_labels (`int`, defaults to 2):
             Number of classes of the label, for supervised objectives.
 
@@ -214,6 +251,7 @@ class FactorCLConfig(PreTrainedConfig):
     logit_temperature: float = 0.1
     critic_chunk_size: int | None = None
     estimators: str | None = None
+    term_weights: dict | None = None
 
     def __post_init__(self, **kwargs):
         # Own a copy of a given CLIPConfig: model construction sets attributes on it (e.g. the
@@ -227,6 +265,9 @@ class FactorCLConfig(PreTrainedConfig):
         spec = objective_spec(self.objective)
         if self.estimators is not None:
             estimator_preset(self.estimators)
+        self.term_weights = check_term_weights(self.term_weights)
+        if self.term_weights is not None and not spec.six_bounds:
+            raise ValueError(f"`term_weights` weighs FactorCL's six terms; objective {self.objective!r} has none")
         if self.backbone_type not in BACKBONE_TYPES:
             raise ValueError(
                 f"`clip_config` must configure one of the supported backbones {BACKBONE_TYPES}, "
@@ -318,14 +359,16 @@ class FactorCLConfig(PreTrainedConfig):
 
 
 __all__ = [
+    "BACKBONE_TYPES",
     "FactorCLConfig",
     "ObjectiveSpec",
     "OBJECTIVE_REGISTRY",
     "OBJECTIVES",
     "objective_spec",
+    "FACTORCL_TERMS",
+    "check_term_weights",
     "EstimatorPreset",
     "ESTIMATOR_PRESETS",
     "DEFAULT_ESTIMATORS",
     "estimator_preset",
 ]
-__all__ = ["BACKBONE_TYPES", "FactorCLConfig", "ObjectiveSpec", "OBJECTIVE_REGISTRY", "OBJECTIVES", "objective_spec"]

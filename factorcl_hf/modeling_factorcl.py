@@ -213,6 +213,7 @@ class FactorCLModel(FactorCLPreTrainedModel):
             temperature=config.logit_temperature,
             critic_chunk_size=config.critic_chunk_size,
             estimators=config.estimators,
+            term_weights=config.term_weights,
         )
         self.post_init()
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configuration_factorcl import OBJECTIVES, estimator_preset, objective_spec
+from .configuration_factorcl import FACTORCL_TERMS, OBJECTIVES, check_term_weights, estimator_preset, objective_spec
 from .distributed import gather_features
 from .estimators import (
     NCECLUBEstimator,
@@ -276,6 +276,8 @@ class FactorCLObjective(ContrastiveObjective):
       negatives drawn from the rows of its class (SUP, exact) or weighted by a kernel on the
       detached augmented-view condition (SSL).
     * ``club_gradient="heads"`` stops the CLUB terms' gradients at their heads' inputs.
+
+    ``term_weights`` weighs the six terms (:data:`FACTORCL_TERMS`; a term not named weighs 1).
     """
 
     roles = FACTORCL_ROLES
@@ -299,8 +301,10 @@ class FactorCLObjective(ContrastiveObjective):
         conditioning: str | None = None,
         club_gradient: str | None = None,
         normalize_club_heads: bool | None = None,
+        term_weights: dict[str, float] | None = None,
     ):
         preset = estimator_preset(estimators, "factorcl_ssl" if factorized else "ourcl_ssl")
+        self.term_weights = {**dict.fromkeys(FACTORCL_TERMS, 1.0), **(check_term_weights(term_weights) or {})}
         self.estimators = preset.name
         self.conditioning = preset.conditioning if conditioning is None else conditioning
         self.club_gradient = preset.club_gradient if club_gradient is None else club_gradient
@@ -403,10 +407,8 @@ class FactorCLObjective(ContrastiveObjective):
         unique_cond_weights = negative_log_weights(self._negatives, unique_cond[2])
         terms["unique_cond_nce"] = infonce_lower_bound(self.unique_cond_critic(*unique_cond[:2]), unique_cond_weights)
 
-        loss = (
-            -terms["shared_nce"] + terms["shared_cond_club"] + terms["unique_club"]
-            - terms["unique_label_nce_1"] - terms["unique_label_nce_2"] - terms["unique_cond_nce"]
-        )
+        # With every weight 1 this is the paper's sum, to the bit: x * 1.0 and 0 + x are exact.
+        loss = sum(FACTORCL_TERMS[name] * self.term_weights[name] * value for name, value in terms.items())
         critic_inputs = {
             "shared_cond": tuple(t.detach() for t in shared_cond if t is not None),
             "unique": tuple(t.detach() for t in unique),
@@ -527,6 +529,8 @@ def build_objective(name: str, input_dims: tuple[int, int], **options) -> Contra
     ``num_labels``, ``temperature``) and ignore the critic options."""
     spec = objective_spec(name)
     if name in _BASELINES:
+        if options.get("term_weights"):
+            raise ValueError(f"`term_weights` weighs FactorCL's six terms; objective {name!r} has none")
         return _BASELINES[name](input_dims, **{k: v for k, v in options.items() if k in _COMMON_OPTIONS})
     return FactorCLObjective(input_dims, supervised=spec.supervised, factorized=spec.factorized, **options)
 

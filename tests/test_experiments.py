@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from experiments import club_critic_game, synthetic_sweep
+from experiments import club_critic_game, synthetic_sweep, term_ablation
 from experiments import synthetic_benchmark as bench
 from factorcl_hf.augmentations import FeatureAugmentation
 from factorcl_hf.data.synthetic import SyntheticSplit, SyntheticSplits, bayes_accuracy, make_synthetic
@@ -284,3 +284,20 @@ def test_cli_micro_run_writes_results(tmp_path, capsys):
     assert f"{statistics.fmean(values):.1f} ± {statistics.stdev(values):.1f}" in printed
     assert "| method | u=0 | u=1 |" in printed
     assert "| factorcl_ssl | 1 | unique |" in printed
+
+
+@pytest.mark.slow
+def test_term_ablation_trains_each_variant_with_its_weights_and_resumes(tmp_path, monkeypatch, capsys):
+    argv = ["--out", str(tmp_path), "--variants", "all terms", "without unique_club", "--max_train_steps", "2",
+            "--num_train_samples", "80"]
+    rows = term_ablation.main(argv)
+    assert [r["variant"] for r in rows] == ["all terms", "without unique_club"]
+    saved = json.loads((tmp_path / "term_ablation.json").read_text())
+    assert [r["term_weights"] for r in saved["records"]] == [{}, {"unique_club": 0.0}]
+    config = json.loads((tmp_path / "without_unique_club" / "seed_0" / "model" / "config.json").read_text())
+    assert config["term_weights"] == {"unique_club": 0.0}
+    assert (tmp_path / "term_ablation.png").stat().st_size > 1000
+    assert "| without unique_club |" in capsys.readouterr().out
+    # A second run reads the finished runs instead of training them again.
+    monkeypatch.setattr(term_ablation, "train", lambda args: pytest.fail("trained a finished run again"))
+    assert term_ablation.main(argv) == rows

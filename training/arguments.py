@@ -18,7 +18,9 @@ from typing import Literal
 
 from transformers import HfArgumentParser
 
-from factorcl_hf.configuration_factorcl import DEFAULT_ESTIMATORS, ESTIMATOR_PRESETS, estimator_preset
+from factorcl_hf.configuration_factorcl import (
+    DEFAULT_ESTIMATORS, ESTIMATOR_PRESETS, FACTORCL_TERMS, check_term_weights, estimator_preset, objective_spec,
+)
 
 __all__ = ["TrainingArguments", "parse_args", "load_config_file"]
 
@@ -85,6 +87,8 @@ class TrainingArguments:
     estimators: str | None = _option(None, "how the conditional and CLUB terms are estimated: "
                                      f"{' or '.join(ESTIMATOR_PRESETS)} (docs/estimators.md; default: "
                                      f"{DEFAULT_ESTIMATORS} for FactorCL, paper for OurCL); sets the three options below")
+    term_weights: str | None = _option(None, "weights of FactorCL's loss terms, NAME=WEIGHT,... (a YAML --config may "
+                                       f"give a mapping); terms not named weigh 1. Terms: {', '.join(FACTORCL_TERMS)}")
     # -- the CLUB game (default: the --estimators preset's)
     club_critic_steps: int | None = _option(None, "CLUB-critic optimizer steps per batch (k; paper 1, tracked 5)")
     critic_learning_rate: float | None = _option(None, "learning rate of the CLUB critics' Adam "
@@ -158,6 +162,9 @@ class TrainingArguments:
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("`hub_model_id` (USER/NAME) is required with `push_to_hub`")
         estimator_preset(self.estimators, self.objective)
+        self.term_weights = parse_term_weights(self.term_weights)
+        if self.term_weights is not None and not objective_spec(self.objective).six_bounds:
+            raise ValueError(f"`term_weights` weighs FactorCL's six terms; --objective {self.objective} has none")
 
     @property
     def club_game(self) -> dict:
@@ -169,6 +176,23 @@ class TrainingArguments:
 
 
 _OPTIONS = tuple(f.name for f in dataclasses.fields(TrainingArguments))
+
+
+def parse_term_weights(value) -> dict[str, float] | None:
+    """``--term_weights`` as a dict: ``"unique_club=0,shared_cond_club=0.5"`` on the command
+    line, a mapping from a YAML/JSON ``--config``, or ``None``; names and weights checked."""
+    if value is None or isinstance(value, dict):
+        return check_term_weights(value)
+    weights = {}
+    for item in str(value).split(","):
+        name, sep, weight = item.partition("=")
+        try:
+            weights[name.strip()] = float(weight)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ValueError(f"`term_weights` must read NAME=WEIGHT,...; got {item!r} in {value!r}")
+    return check_term_weights(weights)
 
 
 def load_config_file(path: str) -> dict:
