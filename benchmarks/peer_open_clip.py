@@ -62,7 +62,7 @@ from benchmarks._timing import add_run_arguments, peak_memory_bytes, time_side_b
 from benchmarks.objective_step import relative_difference
 from benchmarks.train_step import make_batch
 from factorcl_hf import FactorCLModel
-from factorcl_hf.configuration_factorcl import estimator_preset
+from factorcl_hf.configuration_factorcl import ESTIMATOR_PRESETS, estimator_preset
 from factorcl_hf.testing_utils import tiny_clip_config, vit_b32_clip_config
 from factorcl_hf.training_step import parameter_groups, training_step
 
@@ -469,7 +469,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
     parser.add_argument("--batch-size", type=int, default=None, help="default: tiny 128, vit_b32 32 (smoke: 8)")
     parser.add_argument("--repeats", type=int, default=None, help="timing rounds (default 3, smoke 1)")
-    parser.add_argument("--estimators", choices=["tracked", "paper"], default=None,
+    parser.add_argument("--estimators", choices=list(ESTIMATOR_PRESETS), default=None,
                         help="FactorCL's estimator preset (default: the package's, as training/train.py)")
     parser.add_argument("--smoke", action="store_true", help="tiny shape only, batch 8, one round: seconds")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")

@@ -27,7 +27,7 @@ import os
 import torch
 
 from experiments.synthetic_benchmark import BenchmarkSettings, club_critic_check, fit_method
-from factorcl_hf.configuration_factorcl import DEFAULT_ESTIMATORS, ESTIMATOR_PRESETS
+from factorcl_hf.configuration_factorcl import ESTIMATOR_PRESETS
 from factorcl_hf.data.synthetic import make_synthetic
 
 FACTORCL_METHODS = ("factorcl_sup", "factorcl_ssl", "ourcl_sup", "ourcl_ssl")
@@ -80,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=4000)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--estimators", choices=tuple(ESTIMATOR_PRESETS), default=DEFAULT_ESTIMATORS)
+    parser.add_argument("--estimators", choices=tuple(ESTIMATOR_PRESETS), default="tracked")
     parser.add_argument("--alignment-critic-type", choices=("concat", "cosine"), default="cosine", help="paper: concat")
     parser.add_argument("--club-critic-lr", type=float, default=None, help="default: the estimators'")
     parser.add_argument("--club-critic-steps", type=int, default=None, help="default: the estimators'")

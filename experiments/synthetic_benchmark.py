@@ -66,7 +66,7 @@ class BenchmarkSettings:
         batch_size: samples per step (incomplete last batches are dropped: contrastive
             bounds need at least two samples and a steady number of negatives).
         lr: Adam learning rate of encoders, heads and InfoNCE critics.
-        estimators: FactorCL's estimator preset (``ESTIMATOR_PRESETS``: ``tracked``, ``paper``;
+        estimators: FactorCL's estimator preset (an ``ESTIMATOR_PRESETS`` name;
             ``None``: each objective's default); it sets the three CLUB-game settings below
             when they are ``None`` (a run of several methods takes the FactorCL preset's).
         club_critic_lr: Adam learning rate of the CLUB critics (their own optimizer).

@@ -51,10 +51,11 @@ from experiments.synthetic_benchmark import (
     fit_method,
     run_method,
 )
-from factorcl_hf.configuration_factorcl import ESTIMATOR_PRESETS
+from factorcl_hf.configuration_factorcl import ESTIMATOR_PRESETS, FACTORCL_TERMS, objective_spec
 from factorcl_hf.data.synthetic import bayes_accuracy, make_synthetic
 from factorcl_hf.objectives import CLUB_GRADIENTS, CONDITIONINGS
 from factorcl_hf.evaluation.probe import linear_probe_accuracy
+from training.arguments import parse_term_weights
 
 REFERENCE = dict(num_samples=30000, epochs=10, batch_size=256)
 # `--preset`: BenchmarkSettings fields. "paper" is the paper's recipe (concat alignment critic,
@@ -336,6 +337,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--club-critic-steps", type=int, default=None, help="overrides the estimators'")
     parser.add_argument("--club-head-lr-scale", type=float, default=None, help="overrides the estimators'")
     parser.add_argument(
+        "--term-weights", type=parse_term_weights, default=None, metavar="NAME=WEIGHT,...",
+        help=f"weights of FactorCL's six terms ({', '.join(FACTORCL_TERMS)}; default 1 each); "
+        "only for --methods with the six terms",
+    )
+    parser.add_argument(
         "--critic-check", action="store_true",
         help="after training, compare each CLUB critic with one refitted on the frozen features",
     )
@@ -346,6 +352,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.term_weights is not None:
+        without_terms = [m for m in (args.methods or ()) if not objective_spec(m).six_bounds]
+        if args.methods is None or without_terms:
+            six = [name for name in METHODS if objective_spec(name).six_bounds]
+            parser.error(f"--term-weights weighs FactorCL's six terms: give --methods among {six}")
     if any(not 0.0 <= share <= 1.0 for share in args.unique_shares):
         parser.error(f"--unique-shares must lie in [0, 1], got {args.unique_shares}")
     return args
@@ -358,7 +369,7 @@ def main(argv=None) -> list[dict]:
     num_samples = args.num_samples or preset["num_samples"]
     given = {name: getattr(args, name) for name in ("alignment_critic_type", "estimators", "club_critic_lr",
                                                      "club_critic_steps", "club_head_lr_scale")}
-    objective_options = {name: getattr(args, name) for name in ("conditioning", "club_gradient")}
+    objective_options = {name: getattr(args, name) for name in ("conditioning", "club_gradient", "term_weights")}
     settings = BenchmarkSettings(
         epochs=args.epochs or preset["epochs"],
         batch_size=args.batch_size or preset["batch_size"],

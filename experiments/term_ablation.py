@@ -74,8 +74,9 @@ def run_variant(args, data_dir: Path, variant: str, seed: int) -> dict:
         flags = ["--config", args.config, "--train_data", str(data_dir), "--output_dir", str(run_dir),
                  "--seed", str(seed), "--disable_tqdm", "--club_critic_check_steps", "0"]
         flags += ["--objective", "simclr"] if variant == BASELINE else ["--objective", "factorcl_ssl"]
-        if VARIANTS[variant]:
-            flags += ["--term_weights", ",".join(f"{k}={v:g}" for k, v in VARIANTS[variant].items())]
+        if variant != BASELINE:  # every weight, so that no preset's weights apply
+            weights = {**dict.fromkeys(FACTORCL_TERMS, 1.0), **VARIANTS[variant]}
+            flags += ["--term_weights", ",".join(f"{k}={v:g}" for k, v in weights.items())]
         if args.max_train_steps:
             flags += ["--max_train_steps", str(args.max_train_steps)]
         results = train(parse_train_args(flags)).results

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
@@ -27,6 +27,8 @@ class ObjectiveSpec:
         factorized: separate shared (Z_S: two heads) and unique (Z_U: three heads) representations.
         six_bounds: trained with FactorCL's six MI bounds (:data:`FACTORCL_TERMS`, which
             ``term_weights`` weighs); the baselines have losses of their own.
+        default_estimators: the :data:`ESTIMATOR_PRESETS` entry used when `estimators` is not
+            given (objectives without CLUB terms ignore it).
     """
 
     name: str
@@ -36,6 +38,7 @@ class ObjectiveSpec:
     augmented_views: bool
     factorized: bool
     six_bounds: bool = False
+    default_estimators: str = "paper"
 
 
 _SIX_BOUNDS = "separate shared and unique representations learned with six mutual-information bounds"
@@ -44,9 +47,11 @@ OBJECTIVE_REGISTRY: dict[str, ObjectiveSpec] = {
     spec.name: spec
     for spec in (
         ObjectiveSpec("factorcl_ssl", "FactorCL-SSL", f"{_SIX_BOUNDS}, augmented views standing in for labels",
-                      supervised=False, augmented_views=True, factorized=True, six_bounds=True),
+                      supervised=False, augmented_views=True, factorized=True, six_bounds=True,
+                      default_estimators="tracked_no_cond_nce"),
         ObjectiveSpec("factorcl_sup", "FactorCL-SUP", f"{_SIX_BOUNDS} conditioned on the labels",
-                      supervised=True, augmented_views=False, factorized=True, six_bounds=True),
+                      supervised=True, augmented_views=False, factorized=True, six_bounds=True,
+                      default_estimators="tracked"),
         ObjectiveSpec("simclr", "SimCLR", "the cross-modal InfoNCE (CLIP) loss, which keeps shared information only",
                       supervised=False, augmented_views=False, factorized=False),
         ObjectiveSpec("siglip", "SigLIP", "SigLIP's pairwise sigmoid loss, which keeps shared information only",
@@ -95,7 +100,8 @@ def check_term_weights(term_weights) -> dict[str, float] | None:
 
 @dataclass(frozen=True)
 class EstimatorPreset:
-    """How FactorCL estimates its conditional and CLUB terms (docs/estimators.md).
+    """How FactorCL estimates its conditional and CLUB terms (docs/estimators.md), and which
+    terms it weighs differently from the paper (docs/main_job.md).
 
     Args:
         name: the value of `FactorCLConfig.estimators` / `--estimators`.
@@ -109,6 +115,8 @@ class EstimatorPreset:
         club_critic_steps: CLUB-critic optimizer steps per batch (k).
         critic_lr_scale: the CLUB critics' learning rate over the main one.
         club_head_lr_scale: the CLUB heads' learning rate over the main one.
+        term_weights: weights of :data:`FACTORCL_TERMS` other than 1; a model's own
+            ``term_weights`` override them.
     """
 
     name: str
@@ -118,6 +126,7 @@ class EstimatorPreset:
     club_critic_steps: int
     critic_lr_scale: float
     club_head_lr_scale: float
+    term_weights: dict[str, float] = field(default_factory=dict)
 
     def club_game(
         self,
@@ -136,26 +145,27 @@ class EstimatorPreset:
         }
 
 
+# The paper's estimators and game, as in the official code.
+_PAPER = EstimatorPreset("paper", conditioning="concat", club_gradient="backbone", normalize_club_heads=False,
+                         club_critic_steps=1, critic_lr_scale=1.0, club_head_lr_scale=1.0)
+# A CLUB game the critic wins (measured in docs/estimators.md).
+_TRACKED = EstimatorPreset("tracked", conditioning="negatives", club_gradient="heads", normalize_club_heads=True,
+                           club_critic_steps=5, critic_lr_scale=10.0, club_head_lr_scale=10.0)
+# `tracked` without term 6, the conditional InfoNCE, which in FactorCL-SSL rewards the unique
+# heads for what the modalities share beyond their augmented views (docs/main_job.md).
+_TRACKED_NO_COND_NCE = replace(_TRACKED, name="tracked_no_cond_nce", term_weights={"unique_cond_nce": 0.0})
 ESTIMATOR_PRESETS: dict[str, EstimatorPreset] = {
-    preset.name: preset
-    for preset in (
-        # The paper's estimators and game, as in the official code.
-        EstimatorPreset("paper", conditioning="concat", club_gradient="backbone", normalize_club_heads=False,
-                        club_critic_steps=1, critic_lr_scale=1.0, club_head_lr_scale=1.0),
-        # A CLUB game the critic wins (measured in docs/estimators.md).
-        EstimatorPreset("tracked", conditioning="negatives", club_gradient="heads", normalize_club_heads=True,
-                        club_critic_steps=5, critic_lr_scale=10.0, club_head_lr_scale=10.0),
-    )
+    preset.name: preset for preset in (_PAPER, _TRACKED, _TRACKED_NO_COND_NCE)
 }
-DEFAULT_ESTIMATORS = "tracked"
 
 
 def estimator_preset(name: str | None, objective: str = "factorcl_ssl") -> EstimatorPreset:
-    """The entry ``name`` of :data:`ESTIMATOR_PRESETS` (``None``: the default of ``objective``,
-    ``DEFAULT_ESTIMATORS`` for FactorCL, ``"paper"`` for the OurCL ablations and the baselines,
-    which have no CLUB terms); a ``ValueError`` naming the choices otherwise."""
+    """The entry ``name`` of :data:`ESTIMATOR_PRESETS` (``None``: ``objective``'s
+    ``default_estimators``: ``tracked_no_cond_nce`` for FactorCL-SSL, ``tracked`` for
+    FactorCL-SUP, ``paper`` for the OurCL ablations and the baselines, which have no CLUB
+    terms); a ``ValueError`` naming the choices otherwise."""
     if name is None:
-        name = DEFAULT_ESTIMATORS if objective_spec(objective).factorized else "paper"
+        name = objective_spec(objective).default_estimators
     if name not in ESTIMATOR_PRESETS:
         raise ValueError(f"`estimators` must be one of {tuple(ESTIMATOR_PRESETS)}, got {name!r}")
     return ESTIMATOR_PRESETS[name]
@@ -216,13 +226,15 @@ class FactorCLConfig(PreTrainedConfig):
         estimators (`str`, *optional*):
             How the conditional and CLUB terms are estimated: `tracked` (conditioning by
             conditional negatives, CLUB terms whose critics keep up with their heads; the default
-            of the FactorCL objectives) or `paper` (the paper's concatenation and CLUB game, for
-            reproducing published numbers; the default of the OurCL ablations); see
-            `ESTIMATOR_PRESETS` and docs/estimators.md. Configs saved before this option load as `paper`.
+            of FactorCL-SUP), `tracked_no_cond_nce` (the same without term 6, the conditional
+            InfoNCE; the default of FactorCL-SSL) or `paper` (the paper's concatenation and CLUB
+            game, for reproducing published numbers; the default of the OurCL ablations); see
+            `ESTIMATOR_PRESETS`, docs/estimators.md and docs/main_job.md. Configs saved before
+            this option load as `paper`.
         term_weights (`dict`, *optional*):
             A weight per term of the six-bound objectives (`FACTORCL_TERMS`, e.g.
-            `{"unique_club": 0.5}`); terms not named weigh 1, as in the paper. For ablations
-            (docs/main_job.md).
+            `{"unique_club": 0.5}`), over the `estimators` preset's (terms neither names weigh
+            1, as in the paper). For ablations (docs/main_job.md).
         num_labels (`int`, defaults to 2):
             Number of classes of the label, for supervised objectives.
 
@@ -369,6 +381,5 @@ __all__ = [
     "check_term_weights",
     "EstimatorPreset",
     "ESTIMATOR_PRESETS",
-    "DEFAULT_ESTIMATORS",
     "estimator_preset",
 ]

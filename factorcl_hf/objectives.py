@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configuration_factorcl import FACTORCL_TERMS, OBJECTIVES, check_term_weights, estimator_preset, objective_spec
+from .configuration_factorcl import (
+    FACTORCL_TERMS, OBJECTIVE_REGISTRY, OBJECTIVES, check_term_weights, estimator_preset, objective_spec,
+)
 from .distributed import gather_features
 from .estimators import (
     NCECLUBEstimator,
@@ -267,8 +269,8 @@ class FactorCLObjective(ContrastiveObjective):
     the label by the heads' outputs on augmented views (FactorCL-SSL), in the CLUB term *and*
     in its critic's training. ``factorized=False`` is the OurCL ablation.
 
-    ``estimators`` names an entry of ``ESTIMATOR_PRESETS`` (default: ``DEFAULT_ESTIMATORS``, and
-    ``"paper"`` for the OurCL ablation); ``conditioning``,
+    ``estimators`` names an entry of ``ESTIMATOR_PRESETS`` (default: the objective's
+    ``default_estimators``); ``conditioning``,
     ``club_gradient`` and ``normalize_club_heads`` override its fields (docs/estimators.md):
 
     * ``conditioning="concat"``: terms 2 and 6 score ``([a; c], [b; c])`` with negatives from
@@ -277,7 +279,8 @@ class FactorCLObjective(ContrastiveObjective):
       detached augmented-view condition (SSL).
     * ``club_gradient="heads"`` stops the CLUB terms' gradients at their heads' inputs.
 
-    ``term_weights`` weighs the six terms (:data:`FACTORCL_TERMS`; a term not named weighs 1).
+    ``term_weights`` weighs the six terms (:data:`FACTORCL_TERMS`) over the preset's weights
+    (``tracked_no_cond_nce`` drops term 6); a term neither names weighs 1.
     """
 
     roles = FACTORCL_ROLES
@@ -303,8 +306,12 @@ class FactorCLObjective(ContrastiveObjective):
         normalize_club_heads: bool | None = None,
         term_weights: dict[str, float] | None = None,
     ):
-        preset = estimator_preset(estimators, "factorcl_ssl" if factorized else "ourcl_ssl")
-        self.term_weights = {**dict.fromkeys(FACTORCL_TERMS, 1.0), **(check_term_weights(term_weights) or {})}
+        name = next(spec.name for spec in OBJECTIVE_REGISTRY.values()
+                    if spec.six_bounds and (spec.supervised, spec.factorized) == (supervised, factorized))
+        preset = estimator_preset(estimators, name)
+        self.term_weights = {
+            **dict.fromkeys(FACTORCL_TERMS, 1.0), **preset.term_weights, **(check_term_weights(term_weights) or {})
+        }
         self.estimators = preset.name
         self.conditioning = preset.conditioning if conditioning is None else conditioning
         self.club_gradient = preset.club_gradient if club_gradient is None else club_gradient

@@ -1,10 +1,12 @@
 """The estimator presets: where they apply, what they set, and that old models keep theirs."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from factorcl_hf import FactorCLConfig
-from factorcl_hf.configuration_factorcl import ESTIMATOR_PRESETS, estimator_preset
+from factorcl_hf.configuration_factorcl import ESTIMATOR_PRESETS, OBJECTIVE_REGISTRY, estimator_preset
 from factorcl_hf.encoders import VectorFactorCL
 from factorcl_hf.training_step import parameter_groups
 from training.arguments import TrainingArguments
@@ -12,7 +14,9 @@ from training.arguments import TrainingArguments
 
 def test_default_presets_per_objective_and_a_clear_error():
     assert estimator_preset(None, "factorcl_sup").name == "tracked"
+    assert estimator_preset(None, "factorcl_ssl").name == "tracked_no_cond_nce"
     assert estimator_preset(None, "ourcl_ssl").name == "paper"
+    assert all(spec.default_estimators in ESTIMATOR_PRESETS for spec in OBJECTIVE_REGISTRY.values())
     with pytest.raises(ValueError, match="estimators"):
         estimator_preset("fast")
     with pytest.raises(Exception, match="`estimators` must be one of"):  # wrapped by @strict validation
@@ -57,6 +61,13 @@ def test_training_arguments_take_the_club_game_from_the_preset_unless_given():
     assert paper == {"critic_learning_rate": pytest.approx(1e-3), "club_critic_steps": 1, "club_head_lr_scale": 1.0}
     given = TrainingArguments(learning_rate=1e-3, club_critic_steps=2, critic_learning_rate=5e-4).club_game
     assert (given["club_critic_steps"], given["critic_learning_rate"]) == (2, 5e-4)
-    assert set(ESTIMATOR_PRESETS) == {"paper", "tracked"}
+    assert set(ESTIMATOR_PRESETS) == {"paper", "tracked", "tracked_no_cond_nce"}
+    # The FactorCL-SSL default is `tracked` with term 6 weighed 0, and the same game.
+    no_cond_nce = dataclasses.asdict(ESTIMATOR_PRESETS["tracked_no_cond_nce"])
+    tracked = dataclasses.asdict(ESTIMATOR_PRESETS["tracked"])
+    assert {k: v for k, v in no_cond_nce.items() if v != tracked[k]} == {
+        "name": "tracked_no_cond_nce", "term_weights": {"unique_cond_nce": 0.0}
+    }
+    assert ESTIMATOR_PRESETS["paper"].term_weights == {} == ESTIMATOR_PRESETS["tracked"].term_weights
     with pytest.raises(ValueError, match="club_head_lr_scale"):
         TrainingArguments(club_head_lr_scale=0.0)

@@ -8,6 +8,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from experiments import club_critic_game, synthetic_sweep, term_ablation
 from experiments import synthetic_benchmark as bench
+from factorcl_hf.configuration_factorcl import FACTORCL_TERMS
 from factorcl_hf.augmentations import FeatureAugmentation
 from factorcl_hf.data.synthetic import SyntheticSplit, SyntheticSplits, bayes_accuracy, make_synthetic
 from factorcl_hf.objectives import OBJECTIVES
@@ -286,6 +287,37 @@ def test_cli_micro_run_writes_results(tmp_path, capsys):
     assert "| factorcl_ssl | 1 | unique |" in printed
 
 
+def test_cli_term_weights_reach_the_objective_and_need_the_six_terms(tmp_path, monkeypatch, capsys):
+    fitted_weights = []
+
+    def fit_and_record(*args, **kwargs):
+        fitted = original_fit(*args, **kwargs)
+        fitted_weights.append(fitted.model.objective.term_weights)
+        return fitted
+
+    original_fit = synthetic_sweep.fit_method
+    monkeypatch.setattr(synthetic_sweep, "fit_method", fit_and_record)
+    argv = [
+        "--out", str(tmp_path), "--num-samples", "40", "--epochs", "1", "--batch-size", "10", "--seeds", "0",
+        "--unique-shares", "1", "--no-progress", "--methods", "factorcl_sup",
+        "--term-weights", "unique_cond_nce=0,unique_club=0.5",
+    ]
+    results = synthetic_sweep.main(argv)
+    assert fitted_weights == [{**dict.fromkeys(FACTORCL_TERMS, 1.0), "unique_cond_nce": 0.0, "unique_club": 0.5}]
+    trained = next(r for r in results if r["method"] == "factorcl_sup")
+    assert trained["settings"]["objective_options"]["term_weights"] == {"unique_cond_nce": 0.0, "unique_club": 0.5}
+
+    for methods in (["--methods", "factorcl_ssl", "simclr"], []):
+        with pytest.raises(SystemExit):
+            synthetic_sweep.parse_args(["--out", str(tmp_path), "--term-weights", "unique_club=0", *methods])
+        assert "--term-weights weighs FactorCL's six terms" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        synthetic_sweep.parse_args(
+            ["--out", str(tmp_path), "--methods", "factorcl_ssl", "--term-weights", "no_such_term=1"]
+        )
+    assert "no_such_term" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_term_ablation_trains_each_variant_with_its_weights_and_resumes(tmp_path, monkeypatch, capsys):
     argv = ["--out", str(tmp_path), "--variants", "all terms", "without unique_club", "--max_train_steps", "2",
@@ -294,8 +326,10 @@ def test_term_ablation_trains_each_variant_with_its_weights_and_resumes(tmp_path
     assert [r["variant"] for r in rows] == ["all terms", "without unique_club"]
     saved = json.loads((tmp_path / "term_ablation.json").read_text())
     assert [r["term_weights"] for r in saved["records"]] == [{}, {"unique_club": 0.0}]
-    config = json.loads((tmp_path / "without_unique_club" / "seed_0" / "model" / "config.json").read_text())
-    assert config["term_weights"] == {"unique_club": 0.0}
+    # Every weight is given, so the variants do not depend on the default preset's weights.
+    for variant, weights in (("all_terms", {}), ("without_unique_club", {"unique_club": 0.0})):
+        config = json.loads((tmp_path / variant / "seed_0" / "model" / "config.json").read_text())
+        assert config["term_weights"] == {**dict.fromkeys(FACTORCL_TERMS, 1.0), **weights}
     assert (tmp_path / "term_ablation.png").stat().st_size > 1000
     assert "| without unique_club |" in capsys.readouterr().out
     # A second run reads the finished runs instead of training them again.

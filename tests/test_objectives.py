@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from factorcl_hf import FactorCLConfig
 from factorcl_hf.configuration_factorcl import OBJECTIVE_REGISTRY
 from factorcl_hf.hub import _embedding_sizes
-from factorcl_hf.objectives import OBJECTIVES, build_objective, supervised_contrastive_loss, train_club_critics
+from factorcl_hf.objectives import OBJECTIVES, UNIQUE_COND, build_objective, supervised_contrastive_loss, train_club_critics
 
 B, D1, D2, L = 8, 12, 10, 3
 # The paper's concat alignment critic: the loop reference below computes its one-directional InfoNCE.
@@ -205,8 +205,14 @@ def test_objective_gradients_and_training(name):
     assert torch.isfinite(out.loss)
     assert out.representations[0].shared.shape[0] == B
     out.loss.backward()
+    # A term weighed 0 (FactorCL-SSL's default drops term 6) trains neither its heads nor its
+    # critic: their gradients are zeros (not None, so distributed training sees them used).
+    dropped = [term for term, weight in getattr(obj, "term_weights", {}).items() if weight == 0]
+    idle = {id(p) for m in obj.heads for p in m.heads[UNIQUE_COND].parameters()} if dropped else set()
+    idle |= {id(p) for p in obj.unique_cond_critic.parameters()} if dropped else set()
+    assert dropped == (["unique_cond_nce"] if name == "factorcl_ssl" else [])
     for p in obj.main_parameters():
-        assert p.grad is not None and p.grad.abs().sum() > 0
+        assert p.grad is not None and (p.grad.abs().sum() > 0) == (id(p) not in idle)
     for p in obj.club_critic_parameters():
         assert p.grad is None, "the main loss must not train the CLUB critics"
     if out.critic_loss is not None:

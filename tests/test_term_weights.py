@@ -6,7 +6,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
-from factorcl_hf.configuration_factorcl import FACTORCL_TERMS, OBJECTIVE_REGISTRY
+from factorcl_hf.configuration_factorcl import FACTORCL_TERMS, OBJECTIVE_REGISTRY, estimator_preset
 from factorcl_hf.objectives import build_objective
 from factorcl_hf.testing_utils import tiny_clip_config
 from training.arguments import parse_args
@@ -28,10 +28,12 @@ def objective(name, **options):
     return build_objective(name, (D1, D2), num_labels=L, **SMALL, **options)
 
 
-@pytest.mark.parametrize("name", ["factorcl_sup", "factorcl_ssl", "ourcl_ssl"])
-def test_the_loss_is_the_weighted_sum_of_the_unweighted_terms(name):
+@pytest.mark.parametrize("name, estimators", [("factorcl_sup", "tracked"), ("factorcl_ssl", "tracked"),
+                                              ("ourcl_ssl", "paper")])
+def test_the_loss_is_the_weighted_sum_of_the_unweighted_terms(name, estimators):
     batch = make_batch()
-    plain, weighted = objective(name)(**batch), objective(name, term_weights=WEIGHTS)(**batch)
+    plain = objective(name, estimators=estimators)(**batch)
+    weighted = objective(name, estimators=estimators, term_weights=WEIGHTS)(**batch)
     # The same heads and critics (same seed): the terms are equal, only their sum changes.
     for term in FACTORCL_TERMS:
         torch.testing.assert_close(weighted.loss_terms[term], plain.loss_terms[term])
@@ -41,11 +43,26 @@ def test_the_loss_is_the_weighted_sum_of_the_unweighted_terms(name):
     torch.testing.assert_close(weighted.loss.detach(), expected)
     assert not torch.allclose(weighted.loss, plain.loss)
     # Every weight 1 (named or not) is the paper's sum to the bit.
-    ones = objective(name, term_weights=dict.fromkeys(FACTORCL_TERMS, 1))(**batch)
+    ones = objective(name, estimators=estimators, term_weights=dict.fromkeys(FACTORCL_TERMS, 1))(**batch)
     assert torch.equal(ones.loss, plain.loss)
     paper_sum = (-t["shared_nce"] + t["shared_cond_club"] + t["unique_club"]
                  - t["unique_label_nce_1"] - t["unique_label_nce_2"] - t["unique_cond_nce"])
     assert torch.equal(plain.loss.detach(), paper_sum)
+
+
+def test_the_ssl_default_drops_the_conditional_infonce_and_a_models_weights_override_it():
+    batch = make_batch()
+    ones = dict.fromkeys(FACTORCL_TERMS, 1.0)
+    default, tracked = objective("factorcl_ssl"), objective("factorcl_ssl", estimators="tracked")
+    assert (default.estimators, default.term_weights) == ("tracked_no_cond_nce", {**ones, "unique_cond_nce": 0.0})
+    assert (tracked.term_weights, objective("factorcl_sup").term_weights) == (ones, ones)
+    out, out_tracked = default(**batch), tracked(**batch)
+    # The same heads, critics and estimators: the terms are equal, term 6 left out of the sum.
+    for term in FACTORCL_TERMS:
+        assert torch.equal(out.loss_terms[term], out_tracked.loss_terms[term])
+    torch.testing.assert_close(out.loss.detach(), (out_tracked.loss + out_tracked.loss_terms["unique_cond_nce"]).detach())
+    restored = objective("factorcl_ssl", term_weights={"unique_cond_nce": 1})(**batch)
+    assert torch.equal(restored.loss, out_tracked.loss)
 
 
 def test_a_term_weighted_zero_trains_nothing():
@@ -66,7 +83,10 @@ def test_config_model_and_training_flag_carry_the_weights(tmp_path):
                                                              projection_dim=8),
                             term_weights=args.term_weights, **SMALL)
     model = FactorCLModel(config)
-    assert model.objective.term_weights == {**dict.fromkeys(FACTORCL_TERMS, 1.0), **args.term_weights}
+    # The model's weights over the default preset's (FactorCL-SSL: no term 6).
+    preset_weights = estimator_preset(None, config.objective).term_weights
+    assert preset_weights == {"unique_cond_nce": 0.0}
+    assert model.objective.term_weights == {**dict.fromkeys(FACTORCL_TERMS, 1.0), **preset_weights, **args.term_weights}
     model.save_pretrained(tmp_path)
     reloaded = FactorCLModel.from_pretrained(tmp_path)
     assert reloaded.config.term_weights == args.term_weights

@@ -19,10 +19,14 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 from factorcl_hf.configuration_factorcl import (
-    DEFAULT_ESTIMATORS, ESTIMATOR_PRESETS, FACTORCL_TERMS, check_term_weights, estimator_preset, objective_spec,
+    ESTIMATOR_PRESETS, FACTORCL_TERMS, OBJECTIVE_REGISTRY, check_term_weights, estimator_preset, objective_spec,
 )
 
 __all__ = ["TrainingArguments", "parse_args", "load_config_file"]
+
+
+# "factorcl_ssl: tracked_no_cond_nce, ..." for --help: the presets objectives with CLUB terms use.
+_DEFAULT_ESTIMATORS = ", ".join(f"{s.name} {s.default_estimators}" for s in OBJECTIVE_REGISTRY.values() if s.six_bounds)
 
 
 def _option(default, help: str, **kwargs):
@@ -85,8 +89,9 @@ class TrainingArguments:
     logit_temperature: float = _option(0.1, "temperature of cosine critics (logits = cos / temperature)")
     critic_chunk_size: int | None = _option(None, "rows of the all-pairs critics evaluated at a time (bounds memory)")
     estimators: str | None = _option(None, "how the conditional and CLUB terms are estimated: "
-                                     f"{' or '.join(ESTIMATOR_PRESETS)} (docs/estimators.md; default: "
-                                     f"{DEFAULT_ESTIMATORS} for FactorCL, paper for OurCL); sets the three options below")
+                                     f"{', '.join(ESTIMATOR_PRESETS)} (docs/estimators.md; default: the objective's, "
+                                     f"{_DEFAULT_ESTIMATORS}); sets the three options below and the "
+                                     "preset's term weights")
     term_weights: str | None = _option(None, "weights of FactorCL's loss terms, NAME=WEIGHT,... (a YAML --config may "
                                        f"give a mapping); terms not named weigh 1. Terms: {', '.join(FACTORCL_TERMS)}")
     # -- the CLUB game (default: the --estimators preset's)
