@@ -25,7 +25,7 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from .configuration_factorcl import objective_spec
+from .configuration_factorcl import estimator_preset, objective_spec
 
 __all__ = [
     "MODEL_CARD_TEMPLATE",
@@ -162,6 +162,16 @@ def _eval_results(records: list[Mapping[str, Any]]):
     return results, rows
 
 
+def _training_terms(config) -> dict[str, Any]:
+    """For objectives with FactorCL's six terms: the estimator preset they train with and the
+    terms weighed other than 1 (the preset's weights, then the config's), as ``[(name, weight)]``."""
+    if not objective_spec(config.objective).six_bounds:
+        return {"estimators": None, "term_weights": []}
+    preset = estimator_preset(config.estimators, config.objective)
+    weights = {**preset.term_weights, **(config.term_weights or {})}
+    return {"estimators": preset.name, "term_weights": [(name, f"{w:g}") for name, w in weights.items() if w != 1]}
+
+
 def _embedding_sizes(config) -> dict[str, int]:
     """The sizes of the embeddings the card's table lists: Z_S is two heads wide and Z_U
     three for factorized objectives (objectives.FactorCLObjective), one head and none otherwise."""
@@ -252,6 +262,7 @@ def build_model_card(
         objective_description=spec.description,
         factorized=spec.factorized,
         **_embedding_sizes(config),
+        **_training_terms(config),
         base_model=base_model,
         datasets=datasets,
         training_items=list(training_summary.items()) if isinstance(training_summary, Mapping) else [],

@@ -80,6 +80,24 @@ def test_card_renders_and_reloads_with_its_metadata(tmp_path, model_and_processo
         assert f"| `{field}`" in body and f"| {tensor.shape[1]} |" in body.split(f"| `{field}`")[1].split("\n")[0]
 
 
+def test_card_names_the_estimators_and_the_terms_weighed_other_than_one(model_and_processor):
+    model, _ = model_and_processor
+    clip = model.config.clip_config.to_dict()
+
+    def training_line(**options):
+        text = build_model_card(FactorCLConfig(clip_config=clip, head_dim=8, **options)).text
+        return next((line for line in text.splitlines() if line.startswith("- Estimators:")), None)
+
+    assert training_line() == ("- Estimators: `tracked_no_cond_nce` (factorcl-hf's `ESTIMATOR_PRESETS`); "
+                               "terms weighed other than 1: `unique_cond_nce=0`.")
+    assert training_line(term_weights={"unique_cond_nce": 1.0, "unique_club": 0.5}) == (
+        "- Estimators: `tracked_no_cond_nce` (factorcl-hf's `ESTIMATOR_PRESETS`); terms weighed other than 1: "
+        "`unique_club=0.5`."
+    )
+    assert training_line(estimators="paper") == "- Estimators: `paper` (factorcl-hf's `ESTIMATOR_PRESETS`)."
+    assert training_line(objective="simclr") is None
+
+
 def test_card_of_a_non_factorized_objective_and_bad_input(model_and_processor):
     model, _ = model_and_processor
     config = FactorCLConfig(clip_config=model.config.clip_config.to_dict(), objective="simclr", head_dim=8)
