@@ -352,11 +352,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if args.term_weights is not None:
-        without_terms = [m for m in (args.methods or ()) if not objective_spec(m).six_bounds]
-        if args.methods is None or without_terms:
-            six = [name for name in METHODS if objective_spec(name).six_bounds]
-            parser.error(f"--term-weights weighs FactorCL's six terms: give --methods among {six}")
+    if args.term_weights is not None and not all(objective_spec(m).six_bounds for m in args.methods or METHODS):
+        six = [name for name in METHODS if objective_spec(name).six_bounds]
+        parser.error(f"--term-weights weighs FactorCL's six terms: give --methods among {six}")
     if any(not 0.0 <= share <= 1.0 for share in args.unique_shares):
         parser.error(f"--unique-shares must lie in [0, 1], got {args.unique_shares}")
     return args

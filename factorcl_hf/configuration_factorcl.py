@@ -80,12 +80,15 @@ FACTORCL_TERMS: dict[str, int] = {
 }
 
 
-def check_term_weights(term_weights) -> dict[str, float] | None:
+def check_term_weights(term_weights, objective: str | None = None) -> dict[str, float] | None:
     """``term_weights`` as ``{term: float}`` (``None`` stays ``None``: every term weighs 1).
-    Raises ``ValueError`` naming an unknown term or a weight that is not a finite number >= 0
-    (a negative weight would turn a bound the wrong way)."""
+    Raises ``ValueError`` naming an unknown term, a weight that is not a finite number >= 0
+    (a negative weight would turn a bound the wrong way), or an ``objective`` without the six
+    terms."""
     if term_weights is None:
         return None
+    if objective is not None and not objective_spec(objective).six_bounds:
+        raise ValueError(f"`term_weights` weighs FactorCL's six terms; objective {objective!r} has none")
     if not isinstance(term_weights, dict):
         raise TypeError(f"`term_weights` must be a dict of term name -> weight, got {term_weights!r}")
     checked = {}
@@ -127,6 +130,11 @@ class EstimatorPreset:
     critic_lr_scale: float
     club_head_lr_scale: float
     term_weights: dict[str, float] = field(default_factory=dict)
+
+    def weights(self, term_weights: dict[str, float] | None = None) -> dict[str, float]:
+        """The weight of every one of :data:`FACTORCL_TERMS`: ``term_weights`` (checked), else
+        this preset's, else 1."""
+        return {**dict.fromkeys(FACTORCL_TERMS, 1.0), **self.term_weights, **(check_term_weights(term_weights) or {})}
 
     def club_game(
         self,
@@ -277,9 +285,7 @@ class FactorCLConfig(PreTrainedConfig):
         spec = objective_spec(self.objective)
         if self.estimators is not None:
             estimator_preset(self.estimators)
-        self.term_weights = check_term_weights(self.term_weights)
-        if self.term_weights is not None and not spec.six_bounds:
-            raise ValueError(f"`term_weights` weighs FactorCL's six terms; objective {self.objective!r} has none")
+        self.term_weights = check_term_weights(self.term_weights, self.objective)
         if self.backbone_type not in BACKBONE_TYPES:
             raise ValueError(
                 f"`clip_config` must configure one of the supported backbones {BACKBONE_TYPES}, "

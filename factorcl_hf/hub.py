@@ -168,7 +168,7 @@ def _training_terms(config) -> dict[str, Any]:
     if not objective_spec(config.objective).six_bounds:
         return {"estimators": None, "term_weights": []}
     preset = estimator_preset(config.estimators, config.objective)
-    weights = {**preset.term_weights, **(config.term_weights or {})}
+    weights = preset.weights(config.term_weights)
     return {"estimators": preset.name, "term_weights": [(name, f"{w:g}") for name, w in weights.items() if w != 1]}
 
 

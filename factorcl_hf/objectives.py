@@ -309,9 +309,7 @@ class FactorCLObjective(ContrastiveObjective):
         name = next(spec.name for spec in OBJECTIVE_REGISTRY.values()
                     if spec.six_bounds and (spec.supervised, spec.factorized) == (supervised, factorized))
         preset = estimator_preset(estimators, name)
-        self.term_weights = {
-            **dict.fromkeys(FACTORCL_TERMS, 1.0), **preset.term_weights, **(check_term_weights(term_weights) or {})
-        }
+        self.term_weights = preset.weights(term_weights)
         self.estimators = preset.name
         self.conditioning = preset.conditioning if conditioning is None else conditioning
         self.club_gradient = preset.club_gradient if club_gradient is None else club_gradient
@@ -536,8 +534,7 @@ def build_objective(name: str, input_dims: tuple[int, int], **options) -> Contra
     ``num_labels``, ``temperature``) and ignore the critic options."""
     spec = objective_spec(name)
     if name in _BASELINES:
-        if options.get("term_weights"):
-            raise ValueError(f"`term_weights` weighs FactorCL's six terms; objective {name!r} has none")
+        check_term_weights(options.get("term_weights"), name)
         return _BASELINES[name](input_dims, **{k: v for k, v in options.items() if k in _COMMON_OPTIONS})
     return FactorCLObjective(input_dims, supervised=spec.supervised, factorized=spec.factorized, **options)
 

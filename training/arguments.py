@@ -19,7 +19,7 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 from factorcl_hf.configuration_factorcl import (
-    ESTIMATOR_PRESETS, FACTORCL_TERMS, OBJECTIVE_REGISTRY, check_term_weights, estimator_preset, objective_spec,
+    ESTIMATOR_PRESETS, FACTORCL_TERMS, OBJECTIVE_REGISTRY, check_term_weights, estimator_preset,
 )
 
 __all__ = ["TrainingArguments", "parse_args", "load_config_file"]
@@ -167,9 +167,7 @@ class TrainingArguments:
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("`hub_model_id` (USER/NAME) is required with `push_to_hub`")
         estimator_preset(self.estimators, self.objective)
-        self.term_weights = parse_term_weights(self.term_weights)
-        if self.term_weights is not None and not objective_spec(self.objective).six_bounds:
-            raise ValueError(f"`term_weights` weighs FactorCL's six terms; --objective {self.objective} has none")
+        self.term_weights = parse_term_weights(self.term_weights, self.objective)
 
     @property
     def club_game(self) -> dict:
@@ -183,11 +181,12 @@ class TrainingArguments:
 _OPTIONS = tuple(f.name for f in dataclasses.fields(TrainingArguments))
 
 
-def parse_term_weights(value) -> dict[str, float] | None:
+def parse_term_weights(value, objective: str | None = None) -> dict[str, float] | None:
     """``--term_weights`` as a dict: ``"unique_club=0,shared_cond_club=0.5"`` on the command
-    line, a mapping from a YAML/JSON ``--config``, or ``None``; names and weights checked."""
+    line, a mapping from a YAML/JSON ``--config``, or ``None``; names, weights and the
+    ``objective`` checked (:func:`check_term_weights`)."""
     if value is None or isinstance(value, dict):
-        return check_term_weights(value)
+        return check_term_weights(value, objective)
     weights = {}
     for item in str(value).split(","):
         name, sep, weight = item.partition("=")
@@ -197,7 +196,7 @@ def parse_term_weights(value) -> dict[str, float] | None:
             sep = ""
         if not sep:
             raise ValueError(f"`term_weights` must read NAME=WEIGHT,...; got {item!r} in {value!r}")
-    return check_term_weights(weights)
+    return check_term_weights(weights, objective)
 
 
 def load_config_file(path: str) -> dict:
