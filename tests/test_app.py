@@ -1,0 +1,175 @@
+"""factorcl-app (factorcl_hf/app.py): the index ranks as factorcl-search does, the served app
+answers gradio_client, and (slow) the console command serves a page that headless Chromium
+queries and photographs."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from factorcl_hf.app import ImageIndex, build_app, main
+from factorcl_hf.evaluation.embed import extract_embeddings
+from factorcl_hf.evaluation.export import run_search
+from factorcl_hf.evaluation.zero_shot import class_prompt_embeddings, zero_shot_logits
+
+gradio_client = pytest.importorskip("gradio_client", reason="the app extra")
+
+
+@pytest.fixture(scope="module")
+def index(photo_index):
+    return ImageIndex(photo_index.model, photo_index.processor, photo_index.images)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_search_ranks_as_factorcl_search(photo_index, index):
+    assert index.build().startswith("Indexed 8 images")
+    for caption in photo_index.captions[:4]:
+        hits = index.search(caption, None, "pooler", 5)
+        searched = run_search(["--index", str(photo_index.index), "--model", str(photo_index.model_dir),
+                               "--query", caption, "--top-k", "5"])
+        assert [path.name for path, _ in hits] == [item for item, _ in searched]
+        assert [score for _, score in hits] == pytest.approx([score for _, score in searched], abs=1e-5)
+    # By an example image, with the unique embedding: the image itself first, at cosine 1.
+    first = sorted(photo_index.images.iterdir())[0]
+    hits = index.search(None, str(first), "unique", 3)
+    assert hits[0][0] == first and hits[0][1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_what_the_search_and_classifier_refuse(index):
+    with pytest.raises(ValueError, match="a text cannot be compared with 'unique' image embeddings"):
+        index.search("a red circle", None, "unique", 5)
+    with pytest.raises(ValueError, match="type a query or drop an example image"):
+        index.search("  ", None, "pooler", 5)
+    with pytest.raises(ValueError, match="at least two strings"):
+        index.classify(str(sorted(index.folder.iterdir())[0]), "circle", "a {}")
+
+
+def test_the_served_app_answers_gradio_client(photo_index, index):
+    app = build_app(index)
+    port = free_port()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
+               allowed_paths=[str(photo_index.images)])
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        caption = photo_index.captions[1]
+        gallery, table = client.predict(caption, None, "pooler", 5, api_name="/search")
+        searched = run_search(["--index", str(photo_index.index), "--model", str(photo_index.model_dir),
+                               "--query", caption, "--top-k", "5"])
+        assert [row[1] for row in table["data"]] == [item for item, _ in searched]
+        assert [Path(item["image"]).name for item in gallery] == [item for item, _ in searched]
+        image = sorted(photo_index.images.iterdir())[2]
+        label = client.predict(gradio_client.handle_file(str(image)), "circle, square, cross", "a {}", api_name="/classify")
+    finally:
+        app.close()
+    prompts = class_prompt_embeddings(photo_index.model, photo_index.processor, ["circle", "square", "cross"], ["a {}"])
+    embeds = extract_embeddings(photo_index.model, photo_index.processor, [str(image)], "image")["pooler"]
+    probs = zero_shot_logits(embeds, prompts, photo_index.model.objective.alignment_critic).softmax(-1)[0]
+    got = {item["label"]: item["confidence"] for item in label["confidences"]}
+    assert got == pytest.approx(dict(zip(["circle", "square", "cross"], probs.tolist())), abs=1e-5)
+
+
+def test_bad_arguments_exit_naming_them_before_serving(tmp_path, photo_index, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--model", str(tmp_path / "nowhere"), "--images", str(photo_index.images)])
+    assert exited.value.code == 2 and "nowhere' does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        main(["--model", str(photo_index.model_dir), "--images", str(tmp_path / "none")])
+    assert exited.value.code == 2 and "`--images`" in capsys.readouterr().err
+
+
+def test_missing_gradio_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "gradio", None)
+    with pytest.raises(SystemExit, match=r'factorcl-app needs gradio: pip install "factorcl-hf\[app\]"'):
+        main(["--model", "m", "--images", "i"])
+
+
+# ------------------------------------------------------------------------------ the browser
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1500")
+
+
+def serve(command: list[str], port: int, cwd: Path, timeout: float = 90.0) -> subprocess.Popen:
+    """Start ``command`` (a factorcl-app line) on ``port``; return once the page answers."""
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
+    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"factorcl-app exited {server.returncode}: {server.stdout.read()[-3000:]}")
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).close()
+            return server
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise AssertionError(f"factorcl-app did not answer on port {port} within {timeout} s")
+
+
+def query_in_chromium(url: str, query: str, screenshot: Path, profile: Path) -> list[str]:
+    """Type ``query`` into the served page in headless Chromium, press Search, wait for the
+    score table, save a screenshot; returns the table's image column."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(url)
+        wait = WebDriverWait(driver, 90)
+        wait.until(lambda d: "Indexed" in d.find_element(By.ID, "status").text)
+        driver.find_element(By.CSS_SELECTOR, "#query textarea").send_keys(query)
+        driver.find_element(By.ID, "search").click()
+
+        def score_rows(d):  # Gradio's table is virtual: rows are role=row, the header's hold <th>
+            rows = [row for row in d.find_elements(By.CSS_SELECTOR, "#scores [role=row]")
+                    if not row.find_elements(By.CSS_SELECTOR, "th")]
+            return [row.text.split() for row in rows if len(row.text.split()) == 3]
+
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery img")) >= 5 and len(score_rows(d)) >= 5)
+        time.sleep(1.0)  # let the thumbnails paint
+        names = [row[1] for row in score_rows(driver)]
+        driver.save_screenshot(str(screenshot))
+        return names
+    finally:
+        driver.quit()
+
+
+@pytest.mark.slow
+def test_the_console_app_answers_a_query_in_headless_chromium(photo_index, tmp_path):
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        message = "Debian's chromium and chromium-driver are not installed (make test installs them)"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    pytest.importorskip("selenium")
+    os.environ.setdefault("SE_OFFLINE", "true")  # selenium never looks for drivers online: both are given
+    shutil.copytree(photo_index.images, tmp_path / "photos")
+    port = free_port()
+    app = Path(sys.executable).with_name("factorcl-app")
+    server = serve([str(app), "--model", str(photo_index.model_dir), "--images", "photos/"], port, tmp_path)
+    # FACTORCL_APP_SCREENSHOT=docs/images/factorcl_app.png refreshes the README's picture.
+    screenshot = Path(os.environ.get("FACTORCL_APP_SCREENSHOT") or tmp_path / "app.png")
+    try:
+        query = photo_index.captions[3]
+        names = query_in_chromium(f"http://127.0.0.1:{port}/", query, screenshot, tmp_path / "profile")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    searched = run_search(["--index", str(photo_index.index), "--model", str(photo_index.model_dir),
+                           "--query", query, "--top-k", "5"])
+    assert names[:5] == [item for item, _ in searched]
+    assert screenshot.stat().st_size > 10_000 and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
