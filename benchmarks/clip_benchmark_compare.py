@@ -6,7 +6,7 @@ this package's evaluation of the same model on the same images.
    WebDataset layout, twice: ``zeroshot/`` (``.png`` + ``.cls`` per sample, ``classnames.txt``,
    ``zeroshot_classification_templates.txt``) and ``retrieval/`` (``.png`` + ``.txt``,
    ``dataset_type.txt`` = ``retrieval``); the PNG bytes are the folder's own.
-2. clip_benchmark reads them with its ``build_wds_dataset`` and evaluates with
+2. clip_benchmark reads them with its ``build_dataset("wds/...")`` and evaluates with
    ``metrics.zeroshot_classification.evaluate`` and ``metrics.zeroshot_retrieval.evaluate``
    (its CLI's code path: ``dataset.batched(B)`` in a ``DataLoader``) the model behind
    :mod:`factorcl_hf.evaluation.open_clip_interface`, ``amp=False`` (on CPU its default autocast
@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def import_clip_benchmark():
-    """clip_benchmark's metric modules and ``build_wds_dataset``; exits with the install command."""
+    """clip_benchmark's metric modules and ``build_dataset``; exits with the install command."""
     try:
         import webdataset  # noqa: F401
         from clip_benchmark.metrics import zeroshot_classification, zeroshot_retrieval
@@ -86,7 +86,7 @@ def import_clip_benchmark():
         builder = import_with_torchvision_stubbed("clip_benchmark.datasets.builder")
     except ModuleNotFoundError as error:
         raise SystemExit(f"clip_benchmark_compare needs {error.name!r}: {INSTALL_HINT}") from error
-    return zeroshot_classification, zeroshot_retrieval, builder.build_wds_dataset
+    return zeroshot_classification, zeroshot_retrieval, builder.build_dataset
 
 
 # ------------------------------------------------------------------------------ data
@@ -171,18 +171,18 @@ def numpy_safe_accuracy(output, target, topk=(1,)):
 def run_clip_benchmark(args, shards: dict[str, Path], ks) -> dict[str, dict]:
     """clip_benchmark's zero-shot classification and retrieval, as its CLI runs them on ``wds/``
     data (its ``accuracy`` helper replaced by :func:`numpy_safe_accuracy`)."""
-    zeroshot_classification, zeroshot_retrieval, build_wds_dataset = import_clip_benchmark()
+    zeroshot_classification, zeroshot_retrieval, build_dataset = import_clip_benchmark()
     zeroshot_classification.accuracy = numpy_safe_accuracy
     model, preprocess, tokenizer = create_model_and_transforms(args.model, args.embedding)
 
-    def read(path: Path):
-        dataset = build_wds_dataset("shapes", preprocess, split=args.split, data_dir=str(path))
+    def read(path: Path, task: str):
+        dataset = build_dataset(f"wds/{path.name}", root=str(path), transform=preprocess, split=args.split, task=task)
         return dataset, torch.utils.data.DataLoader(dataset.batched(args.batch_size), batch_size=None, shuffle=False)
 
-    dataset, loader = read(shards["zeroshot"])
+    dataset, loader = read(shards["zeroshot"], "zeroshot_classification")
     classification = zeroshot_classification.evaluate(model, loader, tokenizer, dataset.classes, dataset.templates,
                                                       device="cpu", amp=False)
-    _, loader = read(shards["retrieval"])
+    _, loader = read(shards["retrieval"], "zeroshot_retrieval")
     retrieval = zeroshot_retrieval.evaluate(model, loader, tokenizer, device="cpu", amp=False, recall_k_list=list(ks))
     return {"zeroshot_classification": _finite(classification), "zeroshot_retrieval": retrieval}
 

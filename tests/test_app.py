@@ -3,6 +3,7 @@ answers gradio_client, and (slow) the console command serves a page that headles
 queries and photographs."""
 
 import os
+import shlex
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,8 @@ from factorcl_hf.app import ImageIndex, build_app, main
 from factorcl_hf.evaluation.embed import extract_embeddings
 from factorcl_hf.evaluation.export import run_search
 from factorcl_hf.evaluation.zero_shot import class_prompt_embeddings, zero_shot_logits
+from factorcl_hf.hub import build_model_card
+from factorcl_hf.testing_utils import markdown_code_blocks
 
 gradio_client = pytest.importorskip("gradio_client", reason="the app extra")
 
@@ -158,9 +161,13 @@ def test_the_console_app_answers_a_query_in_headless_chromium(photo_index, tmp_p
     pytest.importorskip("selenium")
     os.environ.setdefault("SE_OFFLINE", "true")  # selenium never looks for drivers online: both are given
     shutil.copytree(photo_index.images, tmp_path / "photos")
+    # The model card's command, as a user runs it from the folder holding photos/.
+    card = build_model_card(photo_index.model, repo_id=str(photo_index.model_dir))
+    (command,) = [code for _, code in markdown_code_blocks(str(card), "Use it where you already are") if "factorcl-app" in code]
+    words = shlex.split(command)
+    assert words[0] == "factorcl-app"
     port = free_port()
-    app = Path(sys.executable).with_name("factorcl-app")
-    server = serve([str(app), "--model", str(photo_index.model_dir), "--images", "photos/"], port, tmp_path)
+    server = serve([str(Path(sys.executable).with_name("factorcl-app")), *words[1:]], port, tmp_path)
     # FACTORCL_APP_SCREENSHOT=docs/images/factorcl_app.png refreshes the README's picture.
     screenshot = Path(os.environ.get("FACTORCL_APP_SCREENSHOT") or tmp_path / "app.png")
     try:
