@@ -132,8 +132,8 @@ def build_app(index: ImageIndex, title: str = "FactorCL image search"):
             button = gr.Button("Search", variant="primary", elem_id="search")
             gallery = gr.Gallery(label="Best matches", columns=4, height="auto", elem_id="gallery")
             table = gr.Dataframe(headers=["rank", "image", "score"], label="Scores", elem_id="scores")
-            for trigger in (button.click, text.submit):
-                trigger(on_search, [text, image, embedding, top_k], [gallery, table], api_name="search" if trigger == button.click else False)
+            button.click(on_search, [text, image, embedding, top_k], [gallery, table], api_name="search")
+            text.submit(on_search, [text, image, embedding, top_k], [gallery, table], api_name=False)
         with gr.Tab("Zero-shot classification"):
             with gr.Row():
                 picture = gr.Image(type="pil", label="Image", height=200)

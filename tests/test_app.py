@@ -3,13 +3,10 @@ answers gradio_client, and (slow) the console command serves a page that headles
 queries and photographs."""
 
 import os
+import runpy
 import shlex
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -22,17 +19,13 @@ from factorcl_hf.hub import build_model_card
 from factorcl_hf.testing_utils import markdown_code_blocks
 
 gradio_client = pytest.importorskip("gradio_client", reason="the app extra")
+# The browser helpers: examples/app_screenshot.py (serve factorcl-app, query it in headless Chromium).
+SCREENSHOT = runpy.run_path(str(Path(__file__).resolve().parent.parent / "examples" / "app_screenshot.py"))
 
 
 @pytest.fixture(scope="module")
 def index(photo_index):
     return ImageIndex(photo_index.model, photo_index.processor, photo_index.images)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_search_ranks_as_factorcl_search(photo_index, index):
@@ -60,7 +53,7 @@ def test_what_the_search_and_classifier_refuse(index):
 
 def test_the_served_app_answers_gradio_client(photo_index, index):
     app = build_app(index)
-    port = free_port()
+    port = SCREENSHOT["free_port"]()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                allowed_paths=[str(photo_index.images)])
     try:
@@ -97,82 +90,24 @@ def test_missing_gradio_names_the_extra(monkeypatch):
         main(["--model", "m", "--images", "i"])
 
 
-# ------------------------------------------------------------------------------ the browser
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,1500")
-
-
-def serve(command: list[str], port: int, cwd: Path, timeout: float = 90.0) -> subprocess.Popen:
-    """Start ``command`` (a factorcl-app line) on ``port``; return once the page answers."""
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"}
-    server = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise AssertionError(f"factorcl-app exited {server.returncode}: {server.stdout.read()[-3000:]}")
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2).close()
-            return server
-        except OSError:
-            time.sleep(0.5)
-    server.kill()
-    raise AssertionError(f"factorcl-app did not answer on port {port} within {timeout} s")
-
-
-def query_in_chromium(url: str, query: str, screenshot: Path, profile: Path) -> list[str]:
-    """Type ``query`` into the served page in headless Chromium, press Search, wait for the
-    score table, save a screenshot; returns the table's image column."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
-    try:
-        driver.get(url)
-        wait = WebDriverWait(driver, 90)
-        wait.until(lambda d: "Indexed" in d.find_element(By.ID, "status").text)
-        driver.find_element(By.CSS_SELECTOR, "#query textarea").send_keys(query)
-        driver.find_element(By.ID, "search").click()
-
-        def score_rows(d):  # Gradio's table is virtual: rows are role=row, the header's hold <th>
-            rows = [row for row in d.find_elements(By.CSS_SELECTOR, "#scores [role=row]")
-                    if not row.find_elements(By.CSS_SELECTOR, "th")]
-            return [row.text.split() for row in rows if len(row.text.split()) == 3]
-
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery img")) >= 5 and len(score_rows(d)) >= 5)
-        time.sleep(1.0)  # let the thumbnails paint
-        names = [row[1] for row in score_rows(driver)]
-        driver.save_screenshot(str(screenshot))
-        return names
-    finally:
-        driver.quit()
-
-
 @pytest.mark.slow
 def test_the_console_app_answers_a_query_in_headless_chromium(photo_index, tmp_path):
     if not (shutil.which("chromium") and shutil.which("chromedriver")):
         message = "Debian's chromium and chromium-driver are not installed (make test installs them)"
         pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
     pytest.importorskip("selenium")
-    os.environ.setdefault("SE_OFFLINE", "true")  # selenium never looks for drivers online: both are given
     shutil.copytree(photo_index.images, tmp_path / "photos")
     # The model card's command, as a user runs it from the folder holding photos/.
     card = build_model_card(photo_index.model, repo_id=str(photo_index.model_dir))
     (command,) = [code for _, code in markdown_code_blocks(str(card), "Use it where you already are") if "factorcl-app" in code]
     words = shlex.split(command)
     assert words[0] == "factorcl-app"
-    port = free_port()
-    server = serve([str(Path(sys.executable).with_name("factorcl-app")), *words[1:]], port, tmp_path)
-    # FACTORCL_APP_SCREENSHOT=docs/images/factorcl_app.png refreshes the README's picture.
-    screenshot = Path(os.environ.get("FACTORCL_APP_SCREENSHOT") or tmp_path / "app.png")
+    port = SCREENSHOT["free_port"]()
+    server = SCREENSHOT["serve"]([str(Path(sys.executable).with_name("factorcl-app")), *words[1:]], port, tmp_path)
+    screenshot = tmp_path / "app.png"
     try:
         query = photo_index.captions[3]
-        names = query_in_chromium(f"http://127.0.0.1:{port}/", query, screenshot, tmp_path / "profile")
+        names = SCREENSHOT["query_in_chromium"](f"http://127.0.0.1:{port}/", query, screenshot, tmp_path / "profile")
     finally:
         server.terminate()
         server.wait(timeout=30)
