@@ -35,6 +35,7 @@ import argparse
 import io
 import json
 import platform
+import shlex
 import sys
 import tarfile
 import tempfile
@@ -51,6 +52,7 @@ from factorcl_hf.evaluation import __main__ as package_evaluation
 from factorcl_hf.evaluation.embed import extract_embeddings
 from factorcl_hf.evaluation.open_clip_interface import create_model_and_transforms
 from factorcl_hf.evaluation.retrieval import recall_at_k, score_matrix
+from factorcl_hf.progress import hide_library_progress_bars
 
 INSTALL_HINT = ('pip install "factorcl-hf[clip-benchmark]" (with the CPU torch wheel: pip install --no-deps '
                 'clip-benchmark==1.6.2 && pip install webdataset requests)')
@@ -256,6 +258,7 @@ def run(argv: list[str] | None = None) -> dict:
     if not all("{c}" in template for template in args.templates):
         parser.error(f"--templates must each hold '{{c}}' (clip_benchmark's placeholder), got {args.templates}")
     import_clip_benchmark()  # the install command before any work
+    hide_library_progress_bars()  # datasets' bars for a local folder are not this run's progress
     with tempfile.TemporaryDirectory(prefix="clip_benchmark_") as scratch:
         work_dir = Path(args.work_dir or scratch)
         data_dir, split = test_split(args, work_dir)
@@ -269,8 +272,8 @@ def run(argv: list[str] | None = None) -> dict:
     record = {
         "model": str(args.model), "data": str(args.data or f"shapes, {args.num_samples} pairs, seed 0"),
         "split": args.split, "num_samples": len(split), "class_names": class_names, "templates": args.templates,
-        "command": "python -m benchmarks.clip_benchmark_compare " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "package_commands": {task: "python -m factorcl_hf.evaluation " + " ".join(arguments)
+        "command": "python -m benchmarks.clip_benchmark_compare " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "package_commands": {task: "python -m factorcl_hf.evaluation " + shlex.join(arguments)
                              for task, arguments in commands.items()},
         "clip_benchmark": theirs, "package": ours, "tie_rules": ties,
         "side_by_side": side_by_side(theirs, ours, ties, ks), "versions": versions(),
