@@ -83,3 +83,11 @@ def test_missing_clip_benchmark_exits_with_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "clip_benchmark.metrics", None)
     with pytest.raises(SystemExit, match=r"factorcl-hf\[clip-benchmark\]"):
         clip_benchmark_compare.import_clip_benchmark()
+
+
+def test_a_trained_alignment_critic_is_announced(tmp_path, caplog):
+    save_tiny_model(tmp_path, ["a red circle"], alignment_critic_type="concat", head_dim=8, head_hidden_dim=16,
+                    critic_hidden_dim=16, critic_embed_dim=8)
+    with caplog.at_level("WARNING"):
+        create_model_and_transforms(str(tmp_path))
+    assert "trained 'concat' alignment critic" in caplog.text

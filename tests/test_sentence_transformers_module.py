@@ -121,3 +121,13 @@ def test_sentence_transformers_loads_the_folder_where_the_package_is_absent(phot
         searched = run_search(["--index", str(photo_index.index), "--model", str(photo_index.model_dir),
                                "--query", caption, "--top-k", "5"])
         assert [names[i] for i in top5] == [item for item, _ in searched], caption
+
+
+def test_a_trained_alignment_critic_is_announced_at_load(tmp_path, caplog):
+    # Cosine similarity (sentence-transformers' ranking) is what a cosine critic ranks with; a
+    # trained concat critic ranks otherwise, and the user is told so.
+    save_tiny_model(tmp_path, ["a red circle"], alignment_critic_type="concat", head_dim=8, head_hidden_dim=16,
+                    critic_hidden_dim=16, critic_embed_dim=8)
+    with caplog.at_level("WARNING"):
+        FactorCLSentenceTransformer.load(str(tmp_path))
+    assert "trained 'concat' alignment critic" in caplog.text
