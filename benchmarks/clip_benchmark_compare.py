@@ -146,7 +146,7 @@ def write_clip_benchmark_datasets(split, out_dir: Path, class_names, templates, 
     return {"zeroshot": zeroshot, "retrieval": retrieval}
 
 
-def test_split(args, work_dir: Path):
+def evaluation_split(args, work_dir: Path):
     """``(imagefolder dir, the split)``: ``--data``, or the main job's shapes data written to ``work_dir``."""
     data_dir = Path(args.data) if args.data else write_shapes_imagefolder(
         work_dir / "shapes", num_samples=args.num_samples, seed=0, unique_share=0.75)
@@ -174,7 +174,6 @@ def run_clip_benchmark(args, shards: dict[str, Path], ks) -> dict[str, dict]:
     """clip_benchmark's zero-shot classification and retrieval, as its CLI runs them on ``wds/``
     data (its ``accuracy`` helper replaced by :func:`numpy_safe_accuracy`)."""
     zeroshot_classification, zeroshot_retrieval, build_dataset = import_clip_benchmark()
-    zeroshot_classification.accuracy = numpy_safe_accuracy
     model, preprocess, tokenizer = create_model_and_transforms(args.model, args.embedding)
 
     def read(path: Path, task: str):
@@ -182,8 +181,12 @@ def run_clip_benchmark(args, shards: dict[str, Path], ks) -> dict[str, dict]:
         return dataset, torch.utils.data.DataLoader(dataset.batched(args.batch_size), batch_size=None, shuffle=False)
 
     dataset, loader = read(shards["zeroshot"], "zeroshot_classification")
-    classification = zeroshot_classification.evaluate(model, loader, tokenizer, dataset.classes, dataset.templates,
-                                                      device="cpu", amp=False)
+    original, zeroshot_classification.accuracy = zeroshot_classification.accuracy, numpy_safe_accuracy
+    try:
+        classification = zeroshot_classification.evaluate(model, loader, tokenizer, dataset.classes, dataset.templates,
+                                                          device="cpu", amp=False)
+    finally:
+        zeroshot_classification.accuracy = original
     _, loader = read(shards["retrieval"], "zeroshot_retrieval")
     retrieval = zeroshot_retrieval.evaluate(model, loader, tokenizer, device="cpu", amp=False, recall_k_list=list(ks))
     return {"zeroshot_classification": _finite(classification), "zeroshot_retrieval": retrieval}
@@ -261,7 +264,7 @@ def run(argv: list[str] | None = None) -> dict:
     hide_library_progress_bars()  # datasets' bars for a local folder are not this run's progress
     with tempfile.TemporaryDirectory(prefix="clip_benchmark_") as scratch:
         work_dir = Path(args.work_dir or scratch)
-        data_dir, split = test_split(args, work_dir)
+        data_dir, split = evaluation_split(args, work_dir)
         class_names = sorted(set(split[args.label_column]))
         ks = tuple(k for k in KS if k <= len(split))
         shards = write_clip_benchmark_datasets(split, work_dir / "wds", class_names, args.templates, args)
