@@ -34,8 +34,8 @@ at 224 px, 77 tokens; the paper's heads 512 → 128 and critics hidden 512).
 
 Needs open_clip: ``pip install -e ".[bench]"`` (benchmarks/README.md). open_clip imports
 torchvision at module import; where torchvision is not installed (it cannot be beside the CPU
-torch wheel of this project) the few names it imports are stubbed for that import only: this
-benchmark never calls them (image transforms, a ResNet helper).
+torch wheel of this project) the few names it imports are stubbed for that import only
+(benchmarks/_torchvision_stub.py): this benchmark never calls them (image transforms, a ResNet helper).
 
 Run::
 
@@ -47,10 +47,7 @@ Run::
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
 import math
-import sys
 import types
 from contextlib import nullcontext
 
@@ -59,6 +56,7 @@ import torch.nn.functional as F
 from transformers import CLIPModel
 
 from benchmarks._timing import add_run_arguments, peak_memory_bytes, time_side_by_side, write_json
+from benchmarks._torchvision_stub import import_with_torchvision_stubbed
 from benchmarks.objective_step import relative_difference
 from benchmarks.train_step import make_batch
 from factorcl_hf import FactorCLModel
@@ -86,47 +84,13 @@ MAX_LOSS_DIFF = 1e-5
 INSTALL_HINT = 'pip install -e ".[bench]"'
 NO_DEPS_HINT = 'pip install --no-deps "open-clip-torch>=2.24" ftfy'
 MEMORY_FACTORY = "benchmarks.peer_open_clip:memory_workload"
-# What open_clip imports from torchvision at module import (utils.py, transform.py).
-_TORCHVISION_MODULES = ("torchvision", "torchvision.ops", "torchvision.ops.misc", "torchvision.transforms",
-                        "torchvision.transforms.functional")
 
 
 # ------------------------------------------------------------------------ open_clip
-class _StubMeta(type):
-    def __getattr__(cls, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return f"{cls.__name__}.{name}"  # e.g. InterpolationMode.BICUBIC in a default argument
-
-
-class _Unavailable(metaclass=_StubMeta):
-    def __init__(self, *args, **kwargs):
-        raise RuntimeError(f"torchvision is not installed: {type(self).__name__} is a stub (benchmarks/peer_open_clip.py)")
-
-
-class _StubModule(types.ModuleType):
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return _StubMeta(name, (_Unavailable,), {})
-
-
 def import_open_clip():
     """The ``open_clip`` module; exits with the install command when it is not installed."""
     try:
-        if "open_clip" not in sys.modules and importlib.util.find_spec("open_clip") is None:
-            raise ModuleNotFoundError("No module named 'open_clip'", name="open_clip")
-        if importlib.util.find_spec("torchvision") is not None:
-            return importlib.import_module("open_clip")
-        # transformers is imported above, so it has settled that torchvision is absent; the
-        # stubs exist only while open_clip imports.
-        stubs = {name: _StubModule(name) for name in _TORCHVISION_MODULES if name not in sys.modules}
-        sys.modules.update(stubs)
-        try:
-            return importlib.import_module("open_clip")
-        finally:
-            for name in stubs:
-                sys.modules.pop(name, None)
+        return import_with_torchvision_stubbed("open_clip")
     except ModuleNotFoundError as error:
         if error.name != "open_clip":
             raise

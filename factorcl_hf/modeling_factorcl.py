@@ -22,6 +22,7 @@ from transformers.utils import ModelOutput
 from .configuration_factorcl import BACKBONE_TYPES, FactorCLConfig
 from .integrity import check_finite, check_model_path, verify_checksums, write_checksums
 from .objectives import ContrastiveObjective, Representation, build_objective
+from .sentence_transformers_module import write_sentence_transformers_files
 
 logger = logging.getLogger(__name__)
 
@@ -258,11 +259,13 @@ class FactorCLModel(FactorCLPreTrainedModel):
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, refusing non-finite weights, plus a `SHA256SUMS`
-        of the weights files that `from_pretrained` verifies."""
+        of the weights files that `from_pretrained` verifies and the files that make the folder
+        a sentence-transformers model (sentence_transformers_module.py)."""
         check_finite(self)
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             write_checksums(save_directory, "*.safetensors")
+            write_sentence_transformers_files(save_directory)
 
     def _freeze_unused_backbone_parameters(self) -> None:
         """Logits come from the objective's alignment critic; the backbone's own logit scale

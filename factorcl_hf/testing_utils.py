@@ -13,11 +13,13 @@ vocabulary from the Hub. Everything here is built from local data:
   ``CLIPImageProcessor`` of transformers v5 needs torchvision).
 - :func:`save_tiny_model` saves a randomly initialised tiny FactorCL model with its processor;
   :func:`random_images` gives noise images to feed it.
+- :func:`markdown_code_blocks` reads the code snippets of a README or model card, which tests run.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable
 
@@ -41,6 +43,7 @@ __all__ = [
     "tiny_clip_processor",
     "save_tiny_model",
     "random_images",
+    "markdown_code_blocks",
 ]
 
 BOS_TOKEN = "<|startoftext|>"
@@ -265,3 +268,31 @@ def random_images(count: int, size: int = 40, seed: int = 0) -> list:
     """``count`` RGB noise images of ``size`` x ``size`` pixels, reproducible by ``seed``."""
     rng = np.random.default_rng(seed)
     return [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(count)]
+
+
+def markdown_code_blocks(text: str, section: str | None = None) -> list[tuple[str, str]]:
+    """``(language, code)`` of each fenced block of the Markdown ``text``, in order (a block
+    indented in a list item comes out dedented); with ``section``, only the blocks under the
+    heading whose title is ``section`` (up to the next heading of the same or a higher level).
+    Raises ``ValueError`` when that heading is missing."""
+    blocks, fence, inside, level = [], None, section is None, None
+    for line in text.splitlines():
+        if fence is not None:  # in a code block: a `# comment` there is no heading
+            language, indent, code = fence
+            if line.strip().startswith("```"):
+                if inside:
+                    blocks.append((language, code))
+                fence = None
+            else:
+                fence = (language, indent, code + line[indent:] + "\n")
+            continue
+        if opening := re.match(r"(\s*)```(\S*)", line):
+            fence = (opening.group(2), len(opening.group(1)), "")
+        elif section is not None and (heading := re.match(r"(#+) (.*?)\s*$", line)):
+            if inside and len(heading.group(1)) <= level:
+                break
+            if heading.group(2) == section:
+                inside, level = True, len(heading.group(1))
+    if section is not None and level is None:
+        raise ValueError(f"no heading {section!r} in the text")
+    return blocks

@@ -39,3 +39,37 @@ def clip_config(tokenizer):
 def shapes_dir(tmp_path_factory):
     """24 embedded shapes pairs, half of them in the test split, 32 px."""
     return write_shapes_imagefolder(tmp_path_factory.mktemp("shapes"), num_samples=24, test_fraction=0.5, image_size=32)
+
+
+# Eight captions and eight distinct noise images (no two score alike, so every top-k is one
+# ranking): what the integrations' tests (sentence-transformers, vector stores, the app, the
+# card's snippets) embed and search with a saved tiny model.
+PHOTO_CAPTIONS = [
+    "a small red circle at the top", "a large blue square at the bottom", "a green cross on the left",
+    "a small yellow triangle on the right", "a large red square in the middle", "a blue circle at the bottom",
+    "a green triangle at the top", "a yellow cross in the middle",
+]
+
+
+@pytest.fixture(scope="session")
+def photo_index(tmp_path_factory):
+    """A saved tiny model (``model_dir``, ``model``, ``processor``), a folder of eight noise
+    images (``images``), its ``factorcl-embed`` Parquet index (``index``: pooler, shared,
+    unique) and the ``captions`` the tokenizer knows."""
+    from types import SimpleNamespace
+
+    from factorcl_hf.evaluation.export import run_embed
+    from factorcl_hf.testing_utils import random_images, save_tiny_model
+
+    root = tmp_path_factory.mktemp("photo_index")
+    model, processor = save_tiny_model(root / "model", PHOTO_CAPTIONS, head_dim=8, head_hidden_dim=16,
+                                       critic_hidden_dim=16, critic_embed_dim=8)
+    images = root / "photos"
+    images.mkdir()
+    for i, image in enumerate(random_images(8, size=40, seed=1)):
+        image.save(images / f"photo_{i}.png")
+    index = root / "photos.parquet"
+    run_embed(["--model", str(root / "model"), "--images", str(images), "--out", str(index),
+               "--embedding", "pooler", "shared", "unique", "--no-progress"])
+    return SimpleNamespace(model_dir=root / "model", model=model, processor=processor, images=images, index=index,
+                           captions=list(PHOTO_CAPTIONS))

@@ -5,6 +5,7 @@ from PIL import Image
 
 from factorcl_hf.testing_utils import (
     build_caption_tokenizer,
+    markdown_code_blocks,
     special_token_ids,
     tiny_clip_config,
     tiny_clip_processor,
@@ -138,3 +139,13 @@ def test_builders_reject_bad_arguments(tokenizer):
         tiny_clip_config(len(tokenizer), **special_token_ids(tokenizer), image_size=30)
     with pytest.raises(ValueError, match="image_size"):
         tiny_clip_processor(tokenizer, image_size=0)
+
+
+def test_markdown_code_blocks_reads_a_sections_fences_dedented_and_not_comments_as_headings():
+    text = ("# Top\n```python\n# not a heading\nx = 1\n```\n## Use\n* item:\n\n  ```bash\n  ls photos/\n  ```\n"
+            "### Deeper\n```python\nprint(2)\n```\n## Next\n```bash\nnot this\n```\n")
+    assert markdown_code_blocks(text, "Use") == [("bash", "ls photos/\n"), ("python", "print(2)\n")]
+    assert markdown_code_blocks(text, "Top")[0] == ("python", "# not a heading\nx = 1\n")
+    assert len(markdown_code_blocks(text)) == 4
+    with pytest.raises(ValueError, match="no heading 'Missing'"):
+        markdown_code_blocks(text, "Missing")

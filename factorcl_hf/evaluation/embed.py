@@ -27,6 +27,7 @@ __all__ = [
     "EMBEDDING_TYPES",
     "available_embeddings",
     "extract_embeddings",
+    "select_embedding",
     "embed_images",
     "embed_texts",
     "embed_pairs",
@@ -78,6 +79,19 @@ def load_image(image: Any):
         with Image.open(image) as opened:
             return opened.convert("RGB")
     raise ValueError(f"each image must be a PIL.Image or a path to an image file, got {type(image).__name__}")
+
+
+def select_embedding(model, outputs, name: str) -> torch.Tensor:
+    """The ``name`` embedding (one of :data:`EMBEDDING_TYPES`) of ``model``'s
+    ``get_image_features`` / ``get_text_features`` ``outputs``; a ``ValueError`` naming the
+    available ones when the model's objective has none of that kind."""
+    values = getattr(outputs, _FIELDS[_check_embedding_names(name)[0]])
+    if values is None:
+        raise ValueError(
+            f"`embedding={name!r}` is not available: objective {getattr(model.config, 'objective', '?')!r} "
+            f"has no separate {name} embeddings; choose from {available_embeddings(model)}"
+        )
+    return values
 
 
 def _model_device(model) -> torch.device:
@@ -145,14 +159,7 @@ def extract_embeddings(
                 batch = [inputs[i] for i in range(start, min(start + batch_size, len(inputs)))]
                 outputs = _encode_batch(model, processor, batch, modality, device)
                 for name in names:
-                    values = getattr(outputs, _FIELDS[name])
-                    if values is None:
-                        raise ValueError(
-                            f"`embedding={name!r}` is not available: objective "
-                            f"{getattr(model.config, 'objective', '?')!r} has no separate {name} embeddings; "
-                            f"choose from {available_embeddings(model)}"
-                        )
-                    chunks[name].append(values.float().cpu())
+                    chunks[name].append(select_embedding(model, outputs, name).float().cpu())
                 bar.update(len(batch))
     finally:
         model.train(was_training)

@@ -230,6 +230,18 @@ def _stored_rows(path: Path, modality: str):
     return [table["id"][i] for i in chosen], [table["modality"][i] for i in chosen][0], vectors
 
 
+def search_scores(query_embeds: torch.Tensor, query_modality: str, stored: torch.Tensor, stored_modality: str,
+                  critic: torch.nn.Module | None = None) -> torch.Tensor:
+    """``[n_stored]`` scores of one query (``[1, d]``): image-text pairs by ``critic`` (the
+    model's alignment critic, for ``pooler`` embeddings), same-modality pairs and ``critic=None``
+    by cosine. factorcl-search and the retrieval app (factorcl_hf/app.py) rank with it."""
+    if stored_modality == query_modality or critic is None:
+        return score_matrix(stored, query_embeds)[:, 0]
+    if query_modality == "text":
+        return score_matrix(stored, query_embeds, critic)[:, 0]
+    return score_matrix(query_embeds, stored, critic)[0]
+
+
 def run_search(argv: list[str] | None = None) -> list[tuple[str, float]]:
     """``factorcl-search``: the ``--top-k`` stored items for the query, best first, printed
     and returned as ``[(id, score)]``. Image-text pairs are scored with the model's alignment
@@ -246,13 +258,7 @@ def run_search(argv: list[str] | None = None) -> list[tuple[str, float]]:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     model, processor, device = _load_model(args.model, args.device)
     query_embeds = extract_embeddings(model, processor, [query], modality, "pooler", device=device)["pooler"]
-    critic = model.objective.alignment_critic
-    if stored_modality == modality:
-        scores = score_matrix(stored, query_embeds)[:, 0]
-    elif modality == "text":
-        scores = score_matrix(stored, query_embeds, critic)[:, 0]
-    else:
-        scores = score_matrix(query_embeds, stored, critic)[0]
+    scores = search_scores(query_embeds, modality, stored, stored_modality, model.objective.alignment_critic)
     top = scores.topk(min(args.top_k, len(ids)))
     hits = [(ids[i], score) for i, score in zip(top.indices.tolist(), top.values.tolist())]
     for rank, (item, score) in enumerate(hits, start=1):
