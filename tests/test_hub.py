@@ -62,14 +62,16 @@ def test_card_renders_and_reloads_with_its_metadata(tmp_path, model_and_processo
     assert set(MODEL_CARD_TAGS) <= set(data.tags)
     assert data.model_name == "clip-factorcl"
     results = {r.metric_name: r for r in data.eval_results}
-    assert {k.removesuffix(" (pooler embedding)"): r.metric_value for k, r in results.items()} == RECORD["metrics"]
+    # Each metric names the embedding and the number of items it was measured on.
+    assert {k.removesuffix(" (pooler embedding, 400 items)"): r.metric_value for k, r in results.items()} == RECORD["metrics"]
     assert {(r.dataset_name, r.dataset_split, r.task_type, r.metric_type) for r in results.values()} == {
         ("shapes", "test", "image-feature-extraction", "recall")
     }
     # The body: loading with and without the package, training, limitations, the results table.
     body = card.text
     for needle in ('AutoModel.from_pretrained("me/clip-factorcl", trust_remote_code=True)', "import factorcl_hf",
-                   "## Training", "Ten epochs on IRFL.", "## Limitations", "| 0.3750 |"):
+                   "## Training", "Ten epochs on IRFL.", "## Limitations", "| 400 | text_to_image_R@1", "| 0.3750 |",
+                   'pip install "factorcl-hf=='):
         assert needle in body
     # The sizes in the embedding table are those the model actually returns.
     with torch.no_grad():

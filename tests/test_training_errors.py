@@ -60,7 +60,8 @@ class WritesMarker:
 
 def test_checkpoints_hold_no_pickled_training_state(checkpointed_run):
     step = checkpointed_run / "checkpoints" / "step_2"
-    assert json.loads((step / "train_state.json").read_text()) == {"step": 2}
+    assert json.loads((step / "train_state.json").read_text()) == {
+        "step": 2, "per_device_train_batch_size": 4, "num_processes": 1, "gradient_accumulation_steps": 1}
     assert not list(step.glob("custom_checkpoint_*"))
     listed = {line.split("  ")[1] for line in (step / CHECKSUM_FILE).read_text().splitlines()}
     assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "train_state.json"} <= listed
@@ -143,7 +144,8 @@ def test_a_failed_final_save_leaves_the_trained_model_at_a_named_path(data_dir, 
 
 @pytest.mark.parametrize("option,value,minimum", [
     ("max_train_steps", "0", 1), ("num_train_epochs", "0", 1), ("gradient_accumulation_steps", "0", 1),
-    ("per_device_eval_batch_size", "0", 1), ("tiny_projection_dim", "-3", 1), ("checkpoints_total_limit", "-1", 0),
+    ("per_device_eval_batch_size", "0", 1), ("tiny_projection_dim", "-3", 1), ("checkpoints_total_limit", "0", 1),
+    ("seed", "-1", 0),
 ])
 def test_zero_steps_and_zero_sizes_are_errors(option, value, minimum):
     with pytest.raises(ValueError, match=f"`{option}` must be >= {minimum}, got {value}"):
