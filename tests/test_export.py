@@ -68,7 +68,8 @@ def test_embed_texts_to_npy_and_bad_input(saved_model, tmp_path):
     texts.write_text("a red circle\na small cross at the bottom\n")
     written = run_embed(["--model", str(directory), "--texts", str(texts), "--out", str(tmp_path / "t.npy"),
                          "--embedding", "pooler", "shared", "--no-progress"])
-    assert sorted(p.name for p in written) == ["t.text.ids.json", "t.text.pooler.npy", "t.text.shared.npy"]
+    assert sorted(p.name for p in written) == ["t.model.json", "t.text.ids.json", "t.text.pooler.npy", "t.text.shared.npy"]
+    assert json.loads((tmp_path / "t.model.json").read_text())["embeddings"] == {"pooler": 8, "shared": 16}
     assert np.load(tmp_path / "t.text.shared.npy").shape == (2, 16)
     with pytest.raises(SystemExit):
         run_embed(["--model", str(directory), "--texts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x.parquet")])
