@@ -121,12 +121,9 @@ _SIZE_BOUNDS = {
 
 def check_saved_config(saved: dict, where: str) -> None:
     """Name the field of a saved FactorCL ``config.json`` (a dict) that would make the model
-    fail inside torch: another ``model_type``, a size that is not a positive integer or is
-    absurdly large (a terabyte allocation), or an image size the patch size does not divide."""
-    model_type = saved.get("model_type")
-    if model_type != "factorcl":
-        raise ValueError(f"{where}: `model_type` is {model_type!r}; a FactorCL folder's is 'factorcl' (load other "
-                         "models with their own class, or wrap a CLIP with FactorCLModel.from_clip)")
+    fail inside torch: a size that is not a positive integer or is absurdly large (a terabyte
+    allocation), or an image size the patch size does not divide. (Another ``model_type`` is
+    refused by ``FactorCLConfig`` itself.)"""
     sections = [("", saved)]
     backbone = saved.get("clip_config")
     if isinstance(backbone, dict):

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoProcessor
 
+from .. import FactorCLModel
 from ..cli import usage_errors
 from ..data.image_text import drop_undecodable_images, load_image_text_dataset
 from ..hub import class_names
@@ -257,7 +258,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     hide_library_progress_bars(keep_downloads=not args.no_progress)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_model_path(args.model)
-    model = AutoModel.from_pretrained(args.model).to(args.device).eval()
+    # FactorCLModel, not AutoModel: another model type is refused, not loaded as that type.
+    model = FactorCLModel.from_pretrained(args.model).to(args.device).eval()
     processor = AutoProcessor.from_pretrained(args.model)
     try:
         metrics, extra = _run_task(args, model, processor)

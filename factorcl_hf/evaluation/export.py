@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoProcessor
 
 from ..cli import usage_errors
 from ..data.image_text import drop_undecodable_images, load_image_text_dataset
@@ -239,9 +239,14 @@ def write_faiss_index(parts: list[dict[str, Any]], out: Path) -> Path:
 
 
 def _load_model(name: str, device: str | None):
+    """The saved FactorCL model ``name`` (folder or Hub id), its processor and the device.
+    ``FactorCLModel.from_pretrained``, not ``AutoModel``: any other model type is refused with
+    the folder's checks (checksums, config sizes, missing tensors) instead of loading as that type."""
+    from .. import FactorCLModel
+
     hide_library_progress_bars(keep_downloads=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return AutoModel.from_pretrained(name).to(device).eval(), AutoProcessor.from_pretrained(name), device
+    return FactorCLModel.from_pretrained(name).to(device).eval(), AutoProcessor.from_pretrained(name), device
 
 
 def _check_out(out: Path) -> None:
