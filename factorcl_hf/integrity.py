@@ -44,9 +44,20 @@ def _listed_file(folder: Path, name: str, listing: Path, number: int) -> Path:
     if not name or name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name) or "\0" in name:
         raise ValueError(f"{listing} line {number} names {name!r}: entries must be file names inside the folder")
     path = folder / name
-    if os.path.islink(path) and not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder)):
+    if os.path.islink(path) and not _inside_model_folder(Path(os.path.realpath(path)), folder):
         raise ValueError(f"{listing} line {number} names {name!r}, a symlink out of the folder")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{listing} line {number} names {name!r}, which is not a regular file (never read)")
     return path
+
+
+def _inside_model_folder(target: Path, folder: Path) -> bool:
+    """Whether a symlink's ``target`` belongs to ``folder``: inside it, or, for a snapshot of
+    the Hugging Face cache (``REPO/snapshots/REVISION/``), inside the repository's ``blobs/``
+    where the cache keeps the files its snapshots link to."""
+    folder = Path(os.path.realpath(folder))
+    blobs = folder.parent.parent / "blobs" if folder.parent.name == "snapshots" else None
+    return target.is_relative_to(folder) or (blobs is not None and target.is_relative_to(blobs))
 
 
 def verify_checksums(folder: str | os.PathLike, required: str | None = None) -> bool:

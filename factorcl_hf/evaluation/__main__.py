@@ -98,7 +98,7 @@ def _load_dataset_dict(args):
     """The ``--data`` of an image+caption task, as training reads it: each source through
     :func:`~factorcl_hf.data.image_text.load_image_text_dataset` with the columns the task
     reads (named when missing; captions and labels validated), the splits of several files
-    concatenated, undecodable images dropped. Returns ``(DatasetDict, images skipped)``."""
+    concatenated."""
     import datasets
 
     needs = TASK_COLUMNS[args.task]
@@ -108,24 +108,24 @@ def _load_dataset_dict(args):
     parts = [load_image_text_dataset(path, **columns, allow_outside_paths=args.allow_outside_paths)
              for path in args.data]
     names = list(dict.fromkeys(name for part in parts for name in part))
-    splits, skipped = {}, 0
-    for name in names:
-        joined = datasets.concatenate_datasets([part[name] for part in parts if name in part])
-        splits[name], dropped = drop_undecodable_images(joined, args.image_column)
-        skipped += dropped
-    return datasets.DatasetDict(splits), skipped
+    return datasets.DatasetDict({
+        name: datasets.concatenate_datasets([part[name] for part in parts if name in part]) for name in names
+    })
 
 
 def _select_splits(dataset_dict, args, needs_train: bool):
-    """(eval split, train split or None, eval split name)."""
+    """``(eval split, train split or None, eval split name, images skipped)``: the splits the
+    task reads, their undecodable images dropped (and counted)."""
     names = list(dataset_dict)
     eval_name = args.split or ("test" if "test" in names else names[0] if len(names) == 1 else None)
     if eval_name not in names:
         raise ValueError(f"`--split` {eval_name!r} not in the data's splits {names}; choose one with --split")
-    eval_split, train_split = dataset_dict[eval_name], None
+    eval_split, skipped = drop_undecodable_images(dataset_dict[eval_name], args.image_column)
+    train_split = None
     if needs_train:
         if args.train_split in names and args.train_split != eval_name:
-            train_split = dataset_dict[args.train_split]
+            train_split, dropped = drop_undecodable_images(dataset_dict[args.train_split], args.image_column)
+            skipped += dropped
         else:
             parts = eval_split.train_test_split(test_size=args.test_fraction, seed=args.seed)
             train_split, eval_split = parts["train"], parts["test"]
@@ -133,7 +133,7 @@ def _select_splits(dataset_dict, args, needs_train: bool):
         eval_split = eval_split.select(range(min(args.max_samples, len(eval_split))))
         if train_split is not None:
             train_split = train_split.select(range(min(args.max_samples, len(train_split))))
-    return eval_split, train_split, eval_name
+    return eval_split, train_split, eval_name, skipped
 
 
 def _label_ids(split, column: str, class_names: list[str] | None) -> tuple[list[int], list[str] | None]:
@@ -187,8 +187,8 @@ def _run_task(args, model, processor) -> tuple[dict[str, float], dict[str, Any]]
         )
         return metrics, extra
 
-    dataset, skipped = _load_dataset_dict(args)
-    eval_split, train_split, split_name = _select_splits(dataset, args, needs_train=multi)
+    dataset = _load_dataset_dict(args)
+    eval_split, train_split, split_name, skipped = _select_splits(dataset, args, needs_train=multi)
     extra: dict[str, Any] = {"split": split_name, "num_samples": len(eval_split), "skipped_undecodable_images": skipped}
 
     if args.task == "retrieval":
