@@ -22,8 +22,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
 from .configuration_factorcl import estimator_preset, objective_spec
 
@@ -327,21 +327,23 @@ def check_push_access(repo_id: str, token: str | None = None) -> str:
     Returns the user name; raises ``ValueError`` saying which of these fails."""
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"`hub_model_id` must be a Hub repository id like 'user/name', got {repo_id!r}")
+    offline = (f"--push_to_hub {repo_id!r}: the Hub cannot be reached because offline mode is enabled "
+               "(HF_HUB_OFFLINE=1); unset it, or train without --push_to_hub and push later")
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(offline)
     api = HfApi(token=token)
     try:
         identity = api.whoami()
+    except LocalTokenNotFoundError as error:
+        raise ValueError(f"--push_to_hub {repo_id!r}: no Hub token; log in with `hf auth login` or set HF_TOKEN") from error
     except OfflineModeIsEnabled as error:
-        raise ValueError(f"--push_to_hub {repo_id!r}: the Hub cannot be reached because offline mode is enabled "
-                         "(HF_HUB_OFFLINE=1); unset it, or train without --push_to_hub and push later") from error
+        raise ValueError(offline) from error
     except HfHubHTTPError as error:
         raise ValueError(f"--push_to_hub {repo_id!r}: the Hub at {api.endpoint} refused the token ({error}); log in "
                          "with `hf auth login` or set HF_TOKEN") from error
     except _transport_errors() as error:
         raise ValueError(f"--push_to_hub {repo_id!r}: the Hub at {api.endpoint} cannot be reached ({error}); check "
                          "the network or HF_ENDPOINT, or train without --push_to_hub and push later") from error
-    except Exception as error:  # noqa: BLE001 - e.g. no token at all: huggingface_hub's LocalTokenNotFoundError
-        raise ValueError(f"--push_to_hub {repo_id!r}: no usable Hub token ({type(error).__name__}: {error}); log in "
-                         "with `hf auth login` or set HF_TOKEN") from error
     user = identity.get("name")
     namespaces = {user, *(org.get("name") for org in identity.get("orgs") or [])}
     if repo_id.split("/")[0] not in namespaces:

@@ -17,7 +17,7 @@ from factorcl_hf import FactorCLModel
 from factorcl_hf.data.image_text import load_image_text_dataset
 from factorcl_hf.data.shapes import write_shapes_imagefolder
 from factorcl_hf.integrity import CHECKSUM_FILE
-from training.train import parse_args, train
+from training.train import main, parse_args, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--tiny_hidden_size", "16", "--tiny_num_layers", "1", "--tiny_projection_dim", "8", "--head_dim", "4",
@@ -238,3 +238,39 @@ def test_a_non_finite_loss_names_the_step(tmp_path):
     with pytest.raises(training.loop.TrainingDivergedError,
                        match=r"diverged at optimizer step 7: the loss is \[inf\].*no checkpoint to resume from"):
         training.loop.check_loss_is_finite(args, SimpleNamespace(num_processes=1), torch.tensor(float("inf")), step=7)
+
+
+def test_push_to_hub_is_checked_before_training_and_a_late_failure_ends_in_one_line(data_dir, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """Issue 26, item 3: an unreachable Hub (here: offline mode) stops the run before any work;
+    a push that fails after training leaves the saved model, the printed results and one final
+    line saying both, exit status 1."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    push = ["--push_to_hub", "--hub_model_id", "someone/x", "--max_train_steps", "1"]
+    with monkeypatch.context() as patched:
+        patched.setattr(training.loop, "build_data", no_training)
+        with pytest.raises(ValueError, match="--push_to_hub 'someone/x': the Hub cannot be reached because offline mode"):
+            train(parse_args(flags(data_dir, tmp_path / "offline", *push)))
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("The Hugging Face Hub refused the push to 'someone/x': 403 Forbidden")
+
+    monkeypatch.setattr(training.loop, "check_push_access", lambda repo_id: "someone")
+    monkeypatch.setattr(training.loop, "push_to_hub", refused)
+    out = tmp_path / "late"
+    assert main(flags(data_dir, out, *push)) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["push_error"].endswith("403 Forbidden")
+    assert captured.err.strip().splitlines()[-1] == (
+        f"factorcl-train: the model is saved in {out / 'model'}, but the push to the Hub failed (The Hugging Face "
+        "Hub refused the push to 'someone/x': 403 Forbidden)")
+    assert FactorCLModel.from_pretrained(out / "model").config.objective == "simclr"
+
+
+def test_locking_a_tower_of_the_random_tiny_clip_warns(data_dir, tmp_path, caplog):
+    """Issue 26, item 7: --lock_image without --clip_model freezes random weights: said."""
+    with caplog.at_level("WARNING", logger="factorcl.train"):
+        train(parse_args(flags(data_dir, tmp_path / "out", "--max_train_steps", "1", "--lock_image")))
+    assert "--lock_image without --clip_model freezes the image tower of a randomly initialised tiny CLIP" in caplog.text
