@@ -50,8 +50,9 @@ class TrainState:
 
     def geometry_changes(self, other: TrainState) -> list[str]:
         """``"name: saved -> now"`` for each recorded batch-geometry field that differs."""
-        return [f"{f.name}: {getattr(self, f.name)} -> {getattr(other, f.name)}" for f in fields(self)
-                if f.name != "step" and getattr(self, f.name) is not None and getattr(self, f.name) != getattr(other, f.name)]
+        saved, now = asdict(self), asdict(other)
+        return [f"{name}: {saved[name]} -> {now[name]}" for name in saved
+                if name != "step" and saved[name] is not None and saved[name] != now[name]]
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> TrainState:

@@ -17,7 +17,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["usage_errors", "debug_requested", "UsageOutcome", "PackageRuntimeError"]
+__all__ = ["PackageRuntimeError", "UsageOutcome", "debug_requested", "usage_errors"]
 
 
 class PackageRuntimeError(RuntimeError):

@@ -335,7 +335,8 @@ def check_push_access(repo_id: str, token: str | None = None) -> str:
     try:
         identity = api.whoami()
     except LocalTokenNotFoundError as error:
-        raise ValueError(f"--push_to_hub {repo_id!r}: no Hub token; log in with `hf auth login` or set HF_TOKEN") from error
+        raise ValueError(f"--push_to_hub {repo_id!r}: no Hub token; log in with `hf auth login` or set "
+                         "HF_TOKEN") from error
     except OfflineModeIsEnabled as error:
         raise ValueError(offline) from error
     except HfHubHTTPError as error:

@@ -151,4 +151,5 @@ def check_saved_config(saved: dict, where: str) -> None:
                 raise ValueError(f"{where}: `{prefix}{name}` is {value!r}; it must be an integer in [1, {bound}]")
         image, patch = section.get("image_size"), section.get("patch_size")
         if isinstance(image, int) and isinstance(patch, int) and image % patch:
-            raise ValueError(f"{where}: `{prefix}image_size` ({image}) is not a multiple of `{prefix}patch_size` ({patch})")
+            raise ValueError(f"{where}: `{prefix}image_size` ({image}) is not a multiple of "
+                             f"`{prefix}patch_size` ({patch})")

@@ -581,7 +581,8 @@ def _check_no_missing_weights(path, info: dict, fresh_objective: bool) -> None:
     """Refuse weights that lack tensors of the model, naming them: transformers would fill
     them at random and the model would load "fine" with meaningless embeddings. Only
     `from_clip` (``fresh_objective``) expects the ``objective.*`` tensors to be missing."""
-    missing = sorted(key for key in info.get("missing_keys") or [] if not (fresh_objective and key.startswith("objective.")))
+    missing = sorted(key for key in info.get("missing_keys") or []
+                     if not (fresh_objective and key.startswith("objective.")))
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
         raise ValueError(f"The weights of {str(path)!r} lack {len(missing)} tensor(s) of the model: {shown}. The "

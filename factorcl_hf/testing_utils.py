@@ -22,6 +22,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -104,7 +105,7 @@ def _train_word_merges(counts: Counter) -> list[tuple[str, str]]:
     pair_counts: Counter = Counter()
     holders: dict[tuple[str, str], set[int]] = {}
     for index, symbols in enumerate(words):
-        for pair in zip(symbols, symbols[1:]):
+        for pair in pairwise(symbols):
             pair_counts[pair] += weights[index]
             holders.setdefault(pair, set()).add(index)
     heap = [(-count, pair) for pair, count in pair_counts.items()]
@@ -124,7 +125,7 @@ def _train_word_merges(counts: Counter) -> list[tuple[str, str]]:
         for index in holders.pop(best):
             old, weight = words[index], weights[index]
             new = _merge_pair(old, best)
-            old_pairs, new_pairs = list(zip(old, old[1:])), list(zip(new, new[1:]))
+            old_pairs, new_pairs = list(pairwise(old)), list(pairwise(new))
             for pair in old_pairs:
                 delta[pair] -= weight
             for pair in new_pairs:

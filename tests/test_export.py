@@ -107,7 +107,7 @@ def test_console_script_exits_0(saved_model, tmp_path):
 
 def test_embed_checks_faiss_before_any_work(saved_model, tmp_path, monkeypatch, capsys):
     """Issue 26, item 4: --faiss without faiss stops before the model loads."""
-    import factorcl_hf.evaluation.export as export
+    from factorcl_hf.evaluation import export
 
     directory, _, _ = saved_model
     monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError

@@ -12,6 +12,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hostile import (
+    CAPTION_WORDS,
+    bomb_png,
+    caption,
+    deadline,
+    exif_rotated_jpeg,
+    fifo,
+    good_png,
+    png16,
+    truncated_png,
+    write_csv,
+)
 from safetensors.torch import load_file, save_file
 
 from factorcl_hf import FactorCLModel
@@ -21,9 +33,6 @@ from factorcl_hf.evaluation.export import main as embed_main
 from factorcl_hf.evaluation.export import run_embed, search_main
 from factorcl_hf.integrity import CHECKSUM_FILE, write_checksums
 from factorcl_hf.testing_utils import save_tiny_model
-from hostile import (
-    CAPTION_WORDS, bomb_png, caption, deadline, exif_rotated_jpeg, fifo, good_png, png16, truncated_png, write_csv,
-)
 from training.train import parse_args, train
 
 TINY = ["--tiny_hidden_size", "16", "--tiny_num_layers", "1", "--tiny_projection_dim", "8", "--head_dim", "4",

@@ -25,10 +25,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from hostile import imagefolder
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
-
-from hostile import imagefolder
 
 REPO = Path(__file__).resolve().parent.parent
 # 47 rows, 20% held out: 37 train, which neither 4 (per process) nor 8 (global) divides.

@@ -11,6 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hostile import (
+    CAPTION_WORDS,
+    bomb_png,
+    caption,
+    deadline,
+    exif_rotated_jpeg,
+    fifo,
+    good_png,
+    imagefolder,
+    png16,
+    write_csv,
+)
 from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -25,9 +37,6 @@ from factorcl_hf.evaluation.export import main as embed_main
 from factorcl_hf.evaluation.export import run_embed, run_search, search_main
 from factorcl_hf.integrity import CHECKSUM_FILE, write_checksums
 from factorcl_hf.testing_utils import build_caption_tokenizer, save_tiny_model, tiny_clip_processor
-from hostile import (
-    CAPTION_WORDS, bomb_png, caption, deadline, exif_rotated_jpeg, fifo, good_png, imagefolder, png16, write_csv,
-)
 from training.train import main as train_main
 from training.train import parse_args, train
 

@@ -508,8 +508,9 @@ def progress_bar(args: TrainingArguments, accelerator: Accelerator, initial: int
 
 class LossLog:
     """Mean loss terms over windows of ``logging_steps`` optimizer steps (and the last,
-    shorter one), with ``lr``, the learning rate the window's last step trained at. Terms are summed on the device and read back once per window: a ``.item()``
-    per term per step would stall an accelerator on every step."""
+    shorter one), with ``lr``, the learning rate the window's last step trained at. Terms
+    are summed on the device and read back once per window: a ``.item()`` per term per step
+    would stall an accelerator on every step."""
 
     def __init__(self, args: TrainingArguments, accelerator: Accelerator, max_steps: int):
         self.args, self.accelerator, self.max_steps = args, accelerator, max_steps

@@ -287,7 +287,8 @@ def check_label_classes(labels, label_column: str, where: str = "labels") -> Non
     found = set(labels)
     if len(found) < 2:
         raise ValueError(f"{where}: column {label_column!r} (`label_column`) holds a single class "
-                         f"({sorted(found, key=str)[:1]}); the linear probe and supervised objectives need at least two")
+                         f"({sorted(found, key=str)[:1]}); the linear probe and supervised objectives need two at "
+                         "least")
 
 
 def label_problem(label) -> str | None:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["UndecodableImageError", "open_image", "to_rgb", "image_source_name"]
+__all__ = ["UndecodableImageError", "image_source_name", "open_image", "to_rgb"]
 
 
 class UndecodableImageError(ValueError):
@@ -48,7 +48,8 @@ def _regular_file(path: str) -> str:
     except OSError as error:
         raise UndecodableImageError(f"image file {path!r} cannot be read ({error.strerror or error})") from error
     if not stat.S_ISREG(mode):
-        raise UndecodableImageError(f"image file {path!r} is not a regular file (a FIFO, device or folder is never opened)")
+        raise UndecodableImageError(f"image file {path!r} is not a regular file (a FIFO, device or folder is "
+                                    "never opened)")
     return path
 
 
@@ -95,6 +96,6 @@ def open_image(value: Any) -> Image.Image:
                 image = ImageOps.exif_transpose(opened) if opened.getexif().get(0x0112) else opened.copy()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise UndecodableImageError(f"image {name!r} is a decompression bomb ({error})") from error
-    except Exception as error:  # noqa: BLE001 - Pillow raises many types for bad files
+    except Exception as error:  # Pillow raises many types for bad files
         raise UndecodableImageError(f"image {name!r} cannot be decoded ({type(error).__name__}: {error})") from error
     return to_rgb(image)

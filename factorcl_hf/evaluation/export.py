@@ -154,7 +154,8 @@ def model_identity(name: str, model) -> dict[str, Any]:
         values = tensor.detach().to("cpu").contiguous().reshape(-1)
         digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(values.view(torch.uint8).numpy().tobytes())
-    return {"model": str(name), "fingerprint": digest.hexdigest(), "objective": getattr(model.config, "objective", None)}
+    objective = getattr(model.config, "objective", None)
+    return {"model": str(name), "fingerprint": digest.hexdigest(), "objective": objective}
 
 
 def _staged(path: Path) -> Path:
@@ -162,7 +163,8 @@ def _staged(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
-def write_embeddings(parts: list[dict[str, Any]], out: Path, names: list[str], identity: dict | None = None) -> list[Path]:
+def write_embeddings(parts: list[dict[str, Any]], out: Path, names: list[str],
+                     identity: dict | None = None) -> list[Path]:
     """Write ``parts`` as one Parquet table or as ``.npy`` arrays with JSON ids (and the model
     ``identity``); returns the files. Each file is written under a staging name and renamed
     once all are written: a failure leaves no partial output."""
@@ -329,8 +331,9 @@ def _stored_rows(path: Path, modality: str):
         raise ValueError(f"`--index` {str(path)!r} does not exist")
     try:
         table = pq.read_table(path)
-    except Exception as error:  # noqa: BLE001 - pyarrow raises several types for a file that is no Parquet
-        raise ValueError(f"`--index` {str(path)!r} is not a Parquet file written by factorcl-embed ({error})") from error
+    except Exception as error:  # pyarrow raises several types for a file that is no Parquet
+        raise ValueError(f"`--index` {str(path)!r} is not a Parquet file written by factorcl-embed "
+                         f"({error})") from error
     record = json.loads((table.schema.metadata or {}).get(INDEX_METADATA_KEY, b"null"))
     table = table.to_pydict()
     if "pooler" not in table:
