@@ -127,6 +127,17 @@ def test_bad02_an_evaluation_failure_never_costs_the_saved_model(data_dir, tmp_p
                    "(ValueError: the evaluation broke)"
 
 
+def test_bad02_an_evaluation_between_epochs_that_fails_does_not_stop_training(data_dir, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("the evaluation broke")
+
+    monkeypatch.setattr(training.loop, "evaluate", broken)
+    run = train(parse_args(flags(data_dir, tmp_path / "out", "--num_train_epochs", "2", "--eval_every_epoch",
+                                 "--eval_split", "test")))
+    assert run.results["steps"] == 2 * run.results["rows_per_epoch"] // 4
+    assert (tmp_path / "out" / "model" / "model.safetensors").exists()
+
+
 def test_bad03_single_class_labels_fail_before_training(tmp_path, monkeypatch):
     data = imagefolder(tmp_path / "data", 8, label_of=lambda i: 0)
     no_model_built(monkeypatch)
@@ -161,7 +172,7 @@ def test_bad04_a_stream_gets_its_label_set_before_training(tmp_path, monkeypatch
             train(parse_args(flags(shards, tmp_path / "none", *stream)))
     known = train(parse_args(flags(shards, tmp_path / "known", *stream, "--num_labels", "8")))
     assert known.results["steps"] == 3 and known.model.config.num_labels == 8
-    assert known.results["skipped_rows_outside_the_label_set"] == 0
+    assert known.results["skipped_rows_outside_the_label_set"] == known.results["skipped_rows_without_caption"] == 0
     fewer = train(parse_args(flags(shards, tmp_path / "fewer", *stream, "--num_labels", "4", "--max_train_steps", "2")))
     assert fewer.results["steps"] == 2 and fewer.results["skipped_rows_outside_the_label_set"] > 0
 
@@ -333,6 +344,13 @@ def test_weak_image_paths_out_of_the_data_folder_are_refused(tmp_path):
     (folder / "train" / "link.png").symlink_to(outside)
     with pytest.raises(ValueError, match="is a symlink to .*outside the data folder"):
         load_image_text_dataset(folder, label_column="label")
+    # A Parquet file's image structs may hold paths, not bytes: the same rule.
+    import datasets
+
+    table = datasets.Dataset.from_dict({"image": [str(inside / names[0]), str(outside)], "caption": ["a", "b"]})
+    table.cast_column("image", datasets.Image()).to_parquet(str(inside / "pairs.parquet"))
+    with pytest.raises(ValueError, match=rf"row 1's image '{outside}' is outside the data folder"):
+        load_image_text_dataset(inside / "pairs.parquet")
 
 
 def test_weak_training_errors_are_one_line_with_exit_2(data_dir, tmp_path, capsys, monkeypatch):
@@ -516,3 +534,21 @@ def test_weak_the_lock_names_its_holder(tmp_path):
     finally:
         first.release()
     OutputDirLock(tmp_path).acquire().release()
+
+
+def test_weak_a_stream_skips_and_counts_rows_without_caption(tmp_path):
+    """A stream cannot be checked before training: its rows are, as they arrive."""
+    import datasets
+
+    from training.streaming import _usable_rows
+
+    image = {"bytes": good_png(tmp_path / "image.png").read_bytes(), "path": None}
+    rows = [{"image": image, "caption": text, "label": label}
+            for text, label in (("a red circle", 0), ("", 1), (" \u200b", 0), ("a blue square", 5), ("a photo", 1))]
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string"),
+                                  "label": datasets.Value("int64")})
+    stream = datasets.Dataset.from_list(rows, features=features).to_iterable_dataset()
+    counter = {"count": 0, "labels": 0, "captions": 0}
+    kept = list(_usable_rows(stream, "image", "caption", "label", range(2), counter))
+    assert [row["caption"] for row in kept] == ["a red circle", "a photo"]
+    assert counter == {"count": 0, "labels": 1, "captions": 2}

@@ -643,11 +643,24 @@ def club_critic_check(args: TrainingArguments, accelerator: Accelerator, model: 
     return {"club_critic_check": club_critic_report(estimators, *inputs, batch, args.club_critic_check_steps, seed=args.seed)}
 
 
+def guarded_evaluation(args: TrainingArguments, accelerator: Accelerator, model: FactorCLModel, processor,
+                       data: TrainingData, step: int) -> dict:
+    """:func:`evaluate` (main process), its metrics logged to the trackers; a failure is logged
+    and returned as ``{"evaluation_error": ...}``, never raised: an evaluation must not cost
+    the model (after an epoch: the rest of the run; at the end: the save or the push)."""
+    try:
+        metrics = evaluate(args, model, processor, data)
+    except Exception as error:  # noqa: BLE001 - any failure: report it and go on
+        log.error("The evaluation failed (the model is not affected): %s: %s", type(error).__name__, error)
+        return {"evaluation_error": f"{type(error).__name__}: {error}"}
+    log_metrics(args, accelerator, metrics, step)
+    return metrics
+
+
 def evaluate_after_training(args: TrainingArguments, accelerator: Accelerator, model: FactorCLModel, processor,
                             collator, data: TrainingData, step: int) -> dict:
-    """The CLUB critic check and the evaluation, run once the model is saved. A failure of
-    either is logged and recorded (``club_critic_check_error``, ``evaluation_error``), never
-    raised: it must not cost the saved model, its results.json or its push."""
+    """The CLUB critic check and the evaluation, run once the model is saved; each failure is
+    recorded (``club_critic_check_error``, ``evaluation_error``), never raised."""
     results = {}
     try:
         results.update(club_critic_check(args, accelerator, model, collator, data))
@@ -655,12 +668,7 @@ def evaluate_after_training(args: TrainingArguments, accelerator: Accelerator, m
         log.error("The CLUB critic check failed (the model is saved): %s: %s", type(error).__name__, error)
         results["club_critic_check_error"] = f"{type(error).__name__}: {error}"
     if data.eval is not None and accelerator.is_main_process:
-        try:
-            results.update(evaluate(args, model, processor, data))
-            log_metrics(args, accelerator, results, step)
-        except Exception as error:  # noqa: BLE001 - as above
-            log.error("The evaluation failed (the model is saved): %s: %s", type(error).__name__, error)
-            results["evaluation_error"] = f"{type(error).__name__}: {error}"
+        results.update(guarded_evaluation(args, accelerator, model, processor, data, step))
     return results
 
 

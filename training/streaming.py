@@ -10,7 +10,8 @@ The first ``--streaming_sample_rows`` rows are read up front as a map-style samp
 model's tokenizer and the linear probe's training features come from it. The label set cannot
 come from a sample (a class first seen later would crash the run): it is the label column's
 ``ClassLabel``, or ``--label_names`` / ``--num_labels``, else the run stops before training.
-Rows whose label is outside it are skipped and counted, like undecodable images.
+Rows whose label is outside it, or whose caption is empty, are skipped and counted, like
+undecodable images.
 Evaluation reads ``--eval_data`` (or the source's ``--eval_split``) in full.
 """
 
@@ -21,20 +22,24 @@ from typing import Any
 import datasets
 from datasets.distributed import split_dataset_by_node
 
-from factorcl_hf.data.image_text import encode_labels, image_decodes, label_problem
+from factorcl_hf.data.image_text import caption_problem, encode_labels, image_decodes, label_problem
 from training.splits import eval_split_of
 
 __all__ = ["streaming_data"]
 
 
-def _usable_rows(stream, image_column: str, label_column: str | None, label_ids, counter: dict):
-    """``stream`` without rows whose image fails to decode or whose label is not one of
-    ``label_ids`` (a name -> id mapping, or a range of ids); ``counter`` counts each kind.
+def _usable_rows(stream, image_column: str, caption_column: str, label_column: str | None, label_ids, counter: dict):
+    """``stream`` without rows whose image fails to decode, whose caption is no text (the
+    checks a map-style split gets before training, here as rows arrive) or whose label is not
+    one of ``label_ids`` (a name -> id mapping, or a range of ids); ``counter`` counts each kind.
     The image column is left undecoded (``{"bytes", "path"}``): the collator opens it with
     :func:`~factorcl_hf.data.images.open_image`."""
     def keep(row) -> bool:
         if not image_decodes(row[image_column]):
             counter["count"] += 1
+            return False
+        if caption_problem(row[caption_column]):
+            counter["captions"] += 1
             return False
         if label_column is not None and _label_id(row[label_column], label_ids) is None:
             counter["labels"] += 1
@@ -82,8 +87,8 @@ def streaming_data(args, accelerator, data, eval_data, source, label_column) -> 
         eval_set = datasets.Dataset.from_list(list(eval_set), features=eval_set.features)
     features = stream.features
     label_ids, label_names = _label_set(args, features, label_column) if label_column is not None else (None, None)
-    counter = {"count": 0, "labels": 0}
-    stream = _usable_rows(stream, args.image_column, label_column, label_ids, counter)
+    counter = {"count": 0, "labels": 0, "captions": 0}
+    stream = _usable_rows(stream, args.image_column, args.caption_column, label_column, label_ids, counter)
     sample_features = None
     if features is not None:
         sample_features = features.copy()
@@ -91,7 +96,7 @@ def streaming_data(args, accelerator, data, eval_data, source, label_column) -> 
         if isinstance(label_ids, dict):
             sample_features[label_column] = datasets.ClassLabel(names=label_names)
     sample = datasets.Dataset.from_list(list(stream.take(args.streaming_sample_rows)), features=sample_features)
-    counter.update(count=0, labels=0)  # count the rows training reads, not the sample's
+    counter.update(count=0, labels=0, captions=0)  # count the rows training reads, not the sample's
     stream = stream.shuffle(seed=args.seed, buffer_size=args.streaming_shuffle_buffer)
     rank, world = accelerator.process_index, accelerator.num_processes
     stream = split_dataset_by_node(stream, rank=rank, world_size=world)

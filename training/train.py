@@ -88,10 +88,10 @@ def _train(args: TrainingArguments, accelerator, loop) -> TrainingRun:
     while state.step < schedule.max_steps:
         epoch = state.step // schedule.steps_per_epoch
         loop.train_one_epoch(args, accelerator, trainer, epoch)
-        if args.eval_every_epoch and data.eval is not None and state.step < schedule.max_steps and accelerator.is_main_process:
-            metrics = loop.evaluate(args, unwrapped, processor, data)
-            loop.log.info("epoch %d: %s", epoch, metrics)
-            loop.log_metrics(args, accelerator, metrics, state.step)
+        between_epochs = args.eval_every_epoch and data.eval is not None and state.step < schedule.max_steps
+        if between_epochs and accelerator.is_main_process:
+            loop.log.info("epoch %d: %s", epoch, loop.guarded_evaluation(args, accelerator, unwrapped, processor, data,
+                                                                         state.step))
             model.train()
     progress.close()
 
@@ -106,6 +106,7 @@ def _train(args: TrainingArguments, accelerator, loop) -> TrainingRun:
                "rows_left_out_per_epoch": schedule.rows_left_out_per_epoch, **run_facts}
     if data.stream_dropped is not None:
         results["skipped_rows_outside_the_label_set"] = data.stream_dropped["labels"]
+        results["skipped_rows_without_caption"] = data.stream_dropped["captions"]
     if args.save_seen_rows:
         loop.save_seen_rows(args, accelerator, trainer.seen_rows)
     # The trained model goes to disk first: nothing after this (evaluation, push) can cost it.

@@ -94,8 +94,9 @@ def load_image_text_dataset(
         where = f"{source} [{name}]"
         check_columns(part, image_column, caption_column, label_column, where=where)
         check_image_column(part, image_column, where=where)
-        if local and path.is_dir() and not allow_outside_paths and isinstance(part, datasets.Dataset):
-            _check_rows_inside(part, image_column, path, where)
+        if local and not allow_outside_paths and isinstance(part, datasets.Dataset):
+            # Also a Parquet file's image structs, whose paths _resolve_image_paths leaves alone.
+            _check_rows_inside(part, image_column, path if path.is_dir() else path.parent, where)
         check_values(part, caption_column, label_column, where=where)
     return loaded
 
@@ -164,7 +165,7 @@ def _resolve_image_paths(table, image_column: str, data_file: Path, allow_outsid
 
 
 def _check_rows_inside(dataset, image_column: str, root: Path, where: str) -> None:
-    """Every image path of ``dataset`` (an imagefolder's) lies inside ``root``."""
+    """Every image path of ``dataset`` (not its embedded bytes) lies inside ``root``."""
     import datasets
 
     raw = dataset.cast_column(image_column, datasets.Image(decode=False))
