@@ -25,6 +25,7 @@ from typing import Any
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
+from . import __version__
 from .configuration_factorcl import estimator_preset, objective_spec
 
 __all__ = [
@@ -273,14 +274,8 @@ def build_model_card(
         eval_rows=rows,
         hypothesis_template=HYPOTHESIS_TEMPLATE,
         class_names=class_names(config),
-        package_version=_package_version(),
+        package_version=__version__,
     )
-
-
-def _package_version() -> str:
-    from . import __version__
-
-    return __version__
 
 
 def save_model_card(save_directory: str | os.PathLike, model_or_config, *args, **kwargs):

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from factorcl_hf.cli import usage_errors
 from training.arguments import TrainingArguments, load_config_file, parse_args
 
 __all__ = ["TrainingRun", "train", "run", "main", "parse_args", "load_config_file"]
@@ -103,7 +104,7 @@ def _train(args: TrainingArguments, accelerator, loop) -> TrainingRun:
     }
     results = {"objective": args.objective, "steps": state.step, "skipped_undecodable_images": data.skipped_images(),
                "skipped_undecodable_eval_images": data.eval_dropped, "rows_per_epoch": schedule.rows_per_epoch,
-               "rows_left_out_per_epoch": schedule.rows_left_out_per_epoch, **run_facts}
+               **run_facts}
     if data.stream_dropped is not None:
         results["skipped_rows_outside_the_label_set"] = data.stream_dropped["labels"]
         results["skipped_rows_without_caption"] = data.stream_dropped["captions"]
@@ -146,16 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point (``factorcl-train``): exit status 0 on success, 1 when the model
     was saved but its evaluation or push failed, 2 for a usage error (bad option or data),
     each ending with one line; ``--debug`` or ``FACTORCL_DEBUG=1`` shows tracebacks."""
-    from factorcl_hf.cli import usage_errors
-
     argv = sys.argv[1:] if argv is None else list(argv)
     with usage_errors("factorcl-train", debug="--debug" in argv) as outcome:
-        results = run(argv)
-        if results is not None:
-            status, line = final_line(results)
-            if os.environ.get("RANK", "0") == "0":
-                print(line, file=sys.stderr)
-            return status
+        status, line = final_line(run(argv))
+        if os.environ.get("RANK", "0") == "0":  # one line per run, not per process
+            print(line, file=sys.stderr)
+        return status
     return outcome.status
 
 

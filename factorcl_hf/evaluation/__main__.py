@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from transformers import AutoProcessor
 
-from .. import FactorCLModel
 from ..cli import usage_errors
 from ..data.image_text import drop_undecodable_images, load_image_text_dataset
 from ..hub import class_names
 from ..integrity import check_model_path
+from ..modeling_factorcl import FactorCLModel
 from ..progress import hide_library_progress_bars
 from . import information, irfl, retrieval, zero_shot
 from .embed import EMBEDDING_TYPES, available_embeddings, embed_pairs

@@ -37,6 +37,7 @@ from transformers import AutoProcessor
 
 from ..cli import usage_errors
 from ..data.image_text import drop_undecodable_images, load_image_text_dataset
+from ..modeling_factorcl import FactorCLModel
 from ..progress import hide_library_progress_bars
 from .embed import EMBEDDING_TYPES, embed_image_files, extract_embeddings, load_image
 from .retrieval import score_matrix
@@ -244,8 +245,6 @@ def _load_model(name: str, device: str | None):
     """The saved FactorCL model ``name`` (folder or Hub id), its processor and the device.
     ``FactorCLModel.from_pretrained``, not ``AutoModel``: any other model type is refused with
     the folder's checks (checksums, config sizes, missing tensors) instead of loading as that type."""
-    from .. import FactorCLModel
-
     hide_library_progress_bars(keep_downloads=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return FactorCLModel.from_pretrained(name).to(device).eval(), AutoProcessor.from_pretrained(name), device
