@@ -161,6 +161,7 @@ def _label_stream(folder: Path, labels: list[int]) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_bad04_a_stream_gets_its_label_set_before_training(tmp_path, monkeypatch):
     # The first 8 rows (the sample) hold classes 0..3; class 7 comes later.
     shards = _label_stream(tmp_path / "shards", [0, 1, 2, 3] * 2 + [7, 0, 1, 7, 2, 3, 0, 1])
