@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import statistics
 import warnings
@@ -52,7 +53,7 @@ from experiments.synthetic_benchmark import (
     run_method,
 )
 from factorcl_hf.configuration_factorcl import ESTIMATOR_PRESETS, FACTORCL_TERMS, objective_spec
-from factorcl_hf.data.synthetic import bayes_accuracy, make_synthetic
+from factorcl_hf.data.synthetic import SyntheticConfig, bayes_accuracy, make_synthetic
 from factorcl_hf.objectives import CLUB_GRADIENTS, CONDITIONINGS
 from factorcl_hf.evaluation.probe import linear_probe_accuracy
 from training.arguments import parse_term_weights
@@ -312,7 +313,11 @@ def _thread_limit(num_threads: int):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Run it from the repository root (python -m experiments.synthetic_sweep ...): experiments/ is a study "
+        "beside the package, not installed with it.",
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--quick", action="store_true", help=f"small CPU run: {QUICK}, methods {QUICK_METHODS}")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -357,6 +362,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--term-weights weighs FactorCL's six terms: give --methods among {six}")
     if any(not 0.0 <= share <= 1.0 for share in args.unique_shares):
         parser.error(f"--unique-shares must lie in [0, 1], got {args.unique_shares}")
+    preset = QUICK if args.quick else REFERENCE
+    num_samples, batch_size = args.num_samples or preset["num_samples"], args.batch_size or preset["batch_size"]
+    test_samples = round(num_samples * SyntheticConfig.test_fraction)
+    if args.critic_check and test_samples < batch_size:
+        # Checked here, not after hours of training: the check scores the test split in batches.
+        parser.error(f"--critic-check scores the test split in batches of {batch_size} (--batch-size), but "
+                     f"{num_samples} samples leave {test_samples} for testing: give --num-samples >= "
+                     f"{math.ceil(batch_size / SyntheticConfig.test_fraction)} or a smaller --batch-size")
     return args
 
 

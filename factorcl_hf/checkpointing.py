@@ -16,8 +16,10 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from .integrity import check_finite, verify_checksums, write_checksums
@@ -25,17 +27,32 @@ from .integrity import check_finite, verify_checksums, write_checksums
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)$")
 TRAIN_STATE_FILE = "train_state.json"
 RETIRED_PREFIX = ".retired-"
+STAGING_PREFIX = ".staging-"
+# Where a checkpoint keeps the processor (with the tokenizer) the run trained with.
+PROCESSOR_DIR = "processor"
+LOCK_FILE = ".factorcl-train.lock"
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TrainState:
-    """Progress counters saved with every checkpoint, as JSON."""
+    """Progress counters saved with every checkpoint, as JSON: the optimizer step and the
+    batch geometry that turns it into rows (a resume with another geometry would skip the
+    wrong rows). ``None``: not recorded (checkpoints of earlier versions)."""
 
     step: int = 0
+    per_device_train_batch_size: int | None = None
+    num_processes: int | None = None
+    gradient_accumulation_steps: int | None = None
 
     def save(self, folder: str | os.PathLike) -> None:
         (Path(folder) / TRAIN_STATE_FILE).write_text(json.dumps(asdict(self)))
+
+    def geometry_changes(self, other: TrainState) -> list[str]:
+        """``"name: saved -> now"`` for each recorded batch-geometry field that differs."""
+        saved, now = asdict(self), asdict(other)
+        return [f"{name}: {saved[name]} -> {now[name]}" for name in saved
+                if name != "step" and saved[name] is not None and saved[name] != now[name]]
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> TrainState:
@@ -52,7 +69,14 @@ class TrainState:
             raise ValueError(f"{path} is not a JSON object with an integer 'step': {error}") from error
         if not isinstance(step, int) or isinstance(step, bool) or step < 0:
             raise ValueError(f"{path}: 'step' must be a non-negative integer, got {step!r}")
-        return cls(step=step)
+        geometry = {}
+        for f in fields(cls):
+            value = state.get(f.name) if f.name != "step" else None
+            if value is not None:
+                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                    raise ValueError(f"{path}: {f.name!r} must be a positive integer, got {value!r}")
+                geometry[f.name] = value
+        return cls(step=step, **geometry)
 
 
 def checkpoints_dir(output_dir: str | os.PathLike) -> Path:
@@ -77,16 +101,18 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, state: TrainState, total_limit: int | None = None,
-                    model=None) -> Path:
+                    model=None, processor=None) -> Path:
     """``accelerator.save_state`` plus ``state`` (JSON) and checksums into
     ``checkpoints/step_{state.step}``, atomically; keeps the newest ``total_limit``
     checkpoints. Call it on every process. With ``model``, weights holding a NaN or an
-    infinite value are refused (``ValueError`` naming the tensor) before anything is written."""
+    infinite value are refused (``ValueError`` naming the tensor) before anything is written.
+    With ``processor``, it is saved in the checkpoint's ``processor/``: a resumed run reads
+    its tokenizer from there, so token ids mean what they meant when the weights learned them."""
     if model is not None:
         check_finite(accelerator.unwrap_model(model), where=f"the model at step {state.step}")
     root = checkpoints_dir(output_dir)
     final = root / f"step_{state.step}"
-    staging = root / f".staging-step_{state.step}"
+    staging = root / f"{STAGING_PREFIX}step_{state.step}"
     if accelerator.is_main_process:
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
@@ -95,7 +121,10 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, state: TrainStat
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state.save(staging)
+        if processor is not None:
+            processor.save_pretrained(staging / PROCESSOR_DIR)
         write_checksums(staging)
+        _honour_umask(staging)
         _replace(staging, final)
         if total_limit:
             for old in list_checkpoints(output_dir)[:-total_limit]:
@@ -141,6 +170,7 @@ def save_pretrained_atomically(model, processor, final_dir: str | os.PathLike, c
             processor.save_pretrained(staging)
         if card is not None:
             card.save(staging / "README.md")
+        _honour_umask(staging)
         _replace(staging, final_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -214,3 +244,83 @@ def _replace(source: Path, target: Path):
     else:
         os.replace(source, target)
         _fsync_dir(target.parent)
+
+
+def _honour_umask(root: Path) -> None:
+    """Give ``root`` and everything under it the modes a plain ``mkdir``/``open`` would have
+    (``mkdtemp`` makes its folder 0700, and some writers their files 0600), so a saved model
+    is as readable as the user's umask says."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for folder, _, files in os.walk(root):
+        os.chmod(folder, 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~mask)
+
+
+def remove_leftover_staging(output_dir: str | os.PathLike) -> list[Path]:
+    """Delete the staging folders an interrupted save left under ``output_dir`` (a full disk
+    or a kill mid-checkpoint). Only call it while holding the :class:`OutputDirLock`: another
+    run's staging folder is then impossible. Returns what was removed."""
+    output_dir = Path(output_dir)
+    found = [*checkpoints_dir(output_dir).glob(f"{STAGING_PREFIX}*"), *output_dir.glob(".model-*")]
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+            logger.warning("Removed %s, left by an interrupted save", path)
+    return found
+
+
+class OutputDirLockedError(ValueError):
+    """Another training run holds the output folder."""
+
+
+class OutputDirLock:
+    """An exclusive lock on a training output folder: a file holding the owner's pid, host and
+    start time, locked with ``flock``. The kernel drops the lock when its process dies, so a
+    crashed run never blocks the next (its stale file is taken over); a live holder is named
+    in the refusal."""
+
+    def __init__(self, output_dir: str | os.PathLike):
+        self.path = Path(output_dir) / LOCK_FILE
+        self._handle = None
+
+    def holder(self) -> str:
+        """Who holds the lock, as its file says."""
+        try:
+            info = json.loads(self.path.read_text())
+            return f"pid {info['pid']} on host {info['host']!r}, since {info['started']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "an unknown process"
+
+    def acquire(self) -> OutputDirLock:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): nothing to lock with
+            logger.warning("No file locking on this platform: nothing stops a second run on %s", self.path.parent)
+            return self
+        handle = open(self.path, "a+")  # noqa: SIM115 - held open for the whole run
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            handle.close()
+            raise OutputDirLockedError(
+                f"`output_dir` {str(self.path.parent)!r} is in use by another training run ({self.holder()}; lock "
+                f"file {str(self.path)!r}). Wait for it to finish or choose another --output_dir"
+            ) from error
+        handle.seek(0)
+        handle.truncate()
+        started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": started}))
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is not None:
+            handle, self._handle = self._handle, None
+            # Emptied, not deleted: deleting would let a third run lock a new file while a
+            # second one waits on this one's inode.
+            handle.seek(0)
+            handle.truncate()
+            handle.close()

@@ -22,9 +22,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
-from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constants
+from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
+from . import __version__
 from .configuration_factorcl import estimator_preset, objective_spec
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "save_model_card",
     "save_for_hub",
     "push_to_hub",
+    "check_push_access",
 ]
 
 def _model_card_template() -> Path:
@@ -145,20 +147,22 @@ def _eval_results(records: list[Mapping[str, Any]]):
         task_type, task_name = _TASKS.get(record["task"], (str(record["task"]), str(record["task"])))
         dataset = _dataset_name(record)
         split = record.get("split")
+        # How many items each metric was measured on: a 1.0 on 26 items says little.
+        size = record.get("num_samples")
         for metric, value in record["metrics"].items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            if record.get("embedding"):
-                metric_name = f"{metric} ({record['embedding']} embedding)"
-            else:
-                metric_name = metric
+            qualifiers = [f"{record['embedding']} embedding"] if record.get("embedding") else []
+            if size is not None:
+                qualifiers.append(f"{size} items")
+            metric_name = f"{metric} ({', '.join(qualifiers)})" if qualifiers else metric
             results.append(EvalResult(
                 task_type=task_type, task_name=task_name,
                 dataset_type=record.get("dataset_type", dataset), dataset_name=dataset, dataset_split=split,
                 metric_type=_metric_type(metric), metric_name=metric_name, metric_value=float(value),
             ))
             rows.append({"task": task_name, "dataset": dataset, "split": split or "", "metric": metric_name,
-                         "value": f"{float(value):.4f}"})
+                         "value": f"{float(value):.4f}", "size": "" if size is None else str(size)})
     return results, rows
 
 
@@ -270,6 +274,7 @@ def build_model_card(
         eval_rows=rows,
         hypothesis_template=HYPOTHESIS_TEMPLATE,
         class_names=class_names(config),
+        package_version=__version__,
     )
 
 
@@ -309,6 +314,38 @@ def save_for_hub(save_directory: str | os.PathLike, model, processor=None, card=
     if card is not None:
         card.save(directory / "README.md")
     return directory
+
+
+def check_push_access(repo_id: str, token: str | None = None) -> str:
+    """Before any work that ends in a push: the Hub answers, the token is valid, and its user
+    may write to ``repo_id``'s namespace (the user's own or one of their organisations).
+    Returns the user name; raises ``ValueError`` saying which of these fails."""
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"`hub_model_id` must be a Hub repository id like 'user/name', got {repo_id!r}")
+    offline = (f"--push_to_hub {repo_id!r}: the Hub cannot be reached because offline mode is enabled "
+               "(HF_HUB_OFFLINE=1); unset it, or train without --push_to_hub and push later")
+    if constants.HF_HUB_OFFLINE:
+        raise ValueError(offline)
+    api = HfApi(token=token)
+    try:
+        identity = api.whoami()
+    except LocalTokenNotFoundError as error:
+        raise ValueError(f"--push_to_hub {repo_id!r}: no Hub token; log in with `hf auth login` or set "
+                         "HF_TOKEN") from error
+    except OfflineModeIsEnabled as error:
+        raise ValueError(offline) from error
+    except HfHubHTTPError as error:
+        raise ValueError(f"--push_to_hub {repo_id!r}: the Hub at {api.endpoint} refused the token ({error}); log in "
+                         "with `hf auth login` or set HF_TOKEN") from error
+    except _transport_errors() as error:
+        raise ValueError(f"--push_to_hub {repo_id!r}: the Hub at {api.endpoint} cannot be reached ({error}); check "
+                         "the network or HF_ENDPOINT, or train without --push_to_hub and push later") from error
+    user = identity.get("name")
+    namespaces = {user, *(org.get("name") for org in identity.get("orgs") or [])}
+    if repo_id.split("/")[0] not in namespaces:
+        raise ValueError(f"--push_to_hub {repo_id!r}: the token's user {user!r} cannot write to namespace "
+                         f"{repo_id.split('/')[0]!r} (theirs: {sorted(n for n in namespaces if n)})")
+    return user
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:

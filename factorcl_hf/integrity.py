@@ -37,18 +37,48 @@ def write_checksums(folder: str | os.PathLike, pattern: str = "*") -> Path:
     return target
 
 
-def verify_checksums(folder: str | os.PathLike) -> bool:
+def _listed_file(folder: Path, name: str, listing: Path, number: int) -> Path:
+    """The file a ``SHA256SUMS`` line names, which must be a plain name inside ``folder``: no
+    folder part, no ``..``, not absolute, and no symlink out of ``folder`` (the listing is
+    data from the folder, and must not make the loader read files elsewhere)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or os.path.isabs(name) or "\0" in name:
+        raise ValueError(f"{listing} line {number} names {name!r}: entries must be file names inside the folder")
+    path = folder / name
+    if os.path.islink(path) and not _inside_model_folder(Path(os.path.realpath(path)), folder):
+        raise ValueError(f"{listing} line {number} names {name!r}, a symlink out of the folder")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{listing} line {number} names {name!r}, which is not a regular file (never read)")
+    return path
+
+
+def _inside_model_folder(target: Path, folder: Path) -> bool:
+    """Whether a symlink's ``target`` belongs to ``folder``: inside it, or, for a snapshot of
+    the Hugging Face cache (``REPO/snapshots/REVISION/``), inside the repository's ``blobs/``
+    where the cache keeps the files its snapshots link to."""
+    folder = Path(os.path.realpath(folder))
+    blobs = folder.parent.parent / "blobs" if folder.parent.name == "snapshots" else None
+    return target.is_relative_to(folder) or (blobs is not None and target.is_relative_to(blobs))
+
+
+def verify_checksums(folder: str | os.PathLike, required: str | None = None) -> bool:
     """Check every file listed in ``folder/SHA256SUMS``; ``False`` when there is no such
-    file. Raises ``ValueError`` naming the first missing or damaged file."""
+    file. Raises ``ValueError`` naming the first missing or damaged file, an entry that is not
+    a file name inside ``folder`` (nothing outside it is read), and a listing without any
+    file matching ``required`` (e.g. ``"*.safetensors"``: an empty listing checks nothing)."""
     folder = Path(folder)
     listing = folder / CHECKSUM_FILE
     if not listing.is_file():
         return False
-    for number, line in enumerate(listing.read_text().splitlines(), start=1):
+    entries = []
+    for number, line in enumerate(listing.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         expected, _, name = line.partition("  ")
         if not name or len(expected) != 64:
             raise ValueError(f"{listing} line {number} is not '<sha256>  <file name>': {line!r}")
-        path = folder / name
+        entries.append((expected, _listed_file(folder, name, listing, number)))
+    if required is not None and not any(path.match(required) for _, path in entries):
+        raise ValueError(f"{listing} lists no {required} file: it is empty or incomplete (delete it to load "
+                         "without checksums, or restore it)")
+    for expected, path in entries:
         if not path.is_file():
             raise ValueError(f"{path} is listed in {listing} but missing: the folder is incomplete")
         actual = sha256_of(path)
@@ -87,3 +117,39 @@ def check_finite(module, where: str = "the model") -> None:
                     f"{kind} {name!r} of {where} has {bad} NaN or infinite value(s) of {tensor.numel()}: "
                     "the weights are damaged (or training diverged)"
                 )
+
+
+# Bounds of a saved config's sizes: far above any real CLIP/SigLIP (ViT-bigG: width 1664 to
+# 8192, 48 layers, vocabulary 49,408 to 256,000), far below what would allocate terabytes.
+_SIZE_BOUNDS = {
+    "hidden_size": 1 << 16, "intermediate_size": 1 << 18, "projection_dim": 1 << 16, "projection_size": 1 << 16,
+    "num_hidden_layers": 1 << 10, "num_attention_heads": 1 << 10, "vocab_size": 1 << 22,
+    "max_position_embeddings": 1 << 20, "image_size": 1 << 14, "patch_size": 1 << 14, "num_channels": 64,
+    "head_dim": 1 << 16, "head_hidden_dim": 1 << 18, "critic_hidden_dim": 1 << 18, "critic_embed_dim": 1 << 16,
+    "critic_num_hidden_layers": 64, "num_labels": 1 << 20,
+}
+
+
+def check_saved_config(saved: dict, where: str) -> None:
+    """Name the field of a saved FactorCL ``config.json`` (a dict) that would make the model
+    fail inside torch: a size that is not a positive integer or is absurdly large (a terabyte
+    allocation), or an image size the patch size does not divide. (Another ``model_type`` is
+    refused by ``FactorCLConfig`` itself.)"""
+    sections = [("", saved)]
+    backbone = saved.get("clip_config")
+    if isinstance(backbone, dict):
+        sections.append(("clip_config.", backbone))
+        for tower in ("text_config", "vision_config"):
+            if isinstance(backbone.get(tower), dict):
+                sections.append((f"clip_config.{tower}.", backbone[tower]))
+    for prefix, section in sections:
+        for name, bound in _SIZE_BOUNDS.items():
+            value = section.get(name)
+            if value is None or (name == "num_labels" and prefix):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= bound:
+                raise ValueError(f"{where}: `{prefix}{name}` is {value!r}; it must be an integer in [1, {bound}]")
+        image, patch = section.get("image_size"), section.get("patch_size")
+        if isinstance(image, int) and isinstance(patch, int) and image % patch:
+            raise ValueError(f"{where}: `{prefix}image_size` ({image}) is not a multiple of "
+                             f"`{prefix}patch_size` ({patch})")

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import nn
-from transformers import AutoConfig, CLIPModel, PreTrainedModel, SiglipModel
+from transformers import AutoConfig, CLIPModel, PreTrainedConfig, PreTrainedModel, SiglipModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
 from .configuration_factorcl import BACKBONE_TYPES, FactorCLConfig
-from .integrity import check_finite, check_model_path, verify_checksums, write_checksums
+from .integrity import check_finite, check_model_path, check_saved_config, verify_checksums, write_checksums
 from .objectives import ContrastiveObjective, Representation, build_objective
 from .sentence_transformers_module import write_sentence_transformers_files
 
@@ -165,7 +165,7 @@ def _check_local_folder(path, has_config: bool) -> None:
     """Before transformers reads a saved folder: its checksums match, and its config exists
     and names the backbone (without either, the default ViT-B/32 shape would be built and
     the weights would not fit it)."""
-    verify_checksums(path)
+    verify_checksums(path, required="*.safetensors")
     if has_config:
         return
     config_file = os.path.join(path, "config.json")
@@ -179,6 +179,8 @@ def _check_local_folder(path, has_config: bool) -> None:
     if saved.get("model_type") == FactorCLConfig.model_type and not saved.get("clip_config"):
         raise ValueError(f"{config_file!r} has no `clip_config` (the backbone's configuration): the file is "
                          "incomplete or was edited")
+    if saved.get("model_type") == FactorCLConfig.model_type:
+        check_saved_config(saved, config_file)
 
 
 class FactorCLModel(FactorCLPreTrainedModel):
@@ -222,8 +224,14 @@ class FactorCLModel(FactorCLPreTrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """`PreTrainedModel.from_pretrained`, restricted to safetensors weights (never a pickle),
-        with a clear error for a corrupted weights file."""
+        with a clear error for a corrupted weights file, and for weights that lack tensors of
+        the model (transformers would initialise them at random): a CLIP checkpoint gets its
+        fresh heads through `from_clip`."""
         kwargs.setdefault("use_safetensors", True)
+        fresh_objective = kwargs.pop("_fresh_objective", False)
+        wants_info = kwargs.get("output_loading_info", False)
+        if pretrained_model_name_or_path is not None:
+            kwargs["output_loading_info"] = True
         if pretrained_model_name_or_path is not None:  # None: built from `config` and `state_dict`
             check_model_path(pretrained_model_name_or_path)
             if os.path.isdir(pretrained_model_name_or_path):
@@ -239,11 +247,15 @@ class FactorCLModel(FactorCLPreTrainedModel):
             if "ignore_mismatched_sizes" not in str(error) or kwargs.get("ignore_mismatched_sizes"):
                 raise
             raise ValueError(cls._mismatch_message(pretrained_model_name_or_path, model_args, kwargs)) from error
+        model, info = loaded if isinstance(loaded, tuple) else (loaded, None)
+        if info is not None:
+            # A plain CLIP checkpoint (base_model_prefix) has no heads to load: they are new.
+            fresh_objective = fresh_objective or _saved_model_type(pretrained_model_name_or_path, kwargs) != "factorcl"
+            _check_no_missing_weights(pretrained_model_name_or_path, info, fresh_objective)
         # Loading replaces the parameters (trainable again): freeze as `__init__` does.
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
         check_finite(model, where=repr(str(pretrained_model_name_or_path)))
         model._freeze_unused_backbone_parameters()
-        return loaded
+        return (model, info) if wants_info else model
 
     @classmethod
     def _mismatch_message(cls, path, model_args, kwargs) -> str:
@@ -559,6 +571,28 @@ class FactorCLModel(FactorCLPreTrainedModel):
         return [p for p in self.parameters() if id(p) not in club and p.requires_grad]
 
 
+def _saved_model_type(path, kwargs: dict) -> str | None:
+    """The ``model_type`` of the config saved at ``path`` (a folder or Hub id)."""
+    options = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+    try:
+        return PreTrainedConfig.get_config_dict(path, **options)[0].get("model_type")
+    except (OSError, ValueError):
+        return None
+
+
+def _check_no_missing_weights(path, info: dict, fresh_objective: bool) -> None:
+    """Refuse weights that lack tensors of the model, naming them: transformers would fill
+    them at random and the model would load "fine" with meaningless embeddings. Only
+    `from_clip` (``fresh_objective``) expects the ``objective.*`` tensors to be missing."""
+    missing = sorted(key for key in info.get("missing_keys") or []
+                     if not (fresh_objective and key.startswith("objective.")))
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise ValueError(f"The weights of {str(path)!r} lack {len(missing)} tensor(s) of the model: {shown}. The "
+                         "checkpoint is incomplete; to start a FactorCL model from a CLIP checkpoint use "
+                         "FactorCLModel.from_clip")
+
+
 def _from_clip_checkpoint(cls, clip: str | os.PathLike, config: FactorCLConfig) -> FactorCLModel:
     """``from_pretrained`` of a plain CLIP checkpoint. The heads and critics (``objective.*``)
     are new by design, so transformers' load report (a line per missing key) becomes one
@@ -567,7 +601,7 @@ def _from_clip_checkpoint(cls, clip: str | os.PathLike, config: FactorCLConfig) 
     level = report.level
     report.setLevel(logging.ERROR)
     try:
-        model, info = cls.from_pretrained(clip, config=config, output_loading_info=True)
+        model, info = cls.from_pretrained(clip, config=config, output_loading_info=True, _fresh_objective=True)
     finally:
         report.setLevel(level)
     logger.info("FactorCL heads and critics (objective.*) initialised fresh; the CLIP backbone loaded from %s", clip)

@@ -18,10 +18,12 @@ vocabulary from the Hub. Everything here is built from local data:
 
 from __future__ import annotations
 
+import heapq
 import os
 import re
 from collections import Counter
 from collections.abc import Iterable
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -62,33 +64,88 @@ def _byte_level_symbols() -> list[str]:
     return alphabet + [symbol + _END_OF_WORD for symbol in alphabet]
 
 
-def _train_word_merges(texts: list[str]) -> list[tuple[str, str]]:
-    """BPE merges, in rank order, that turn every word of ``texts`` into a single token.
+# ASCII whitespace, which CLIP's normaliser and pre-tokeniser treat as a boundary no piece
+# crosses: a caption is pre-tokenised one whitespace-free token at a time, each distinct token
+# once (a corpus repeats its words; a call per word or per caption costs more than its work).
+_TOKEN = re.compile(r"[^ \t\n\r\f\v]+")
 
-    Words are exactly the pieces ``CLIPTokenizer`` will later split captions into (its own
-    normaliser and pre-tokeniser). The merges are learned by the textbook BPE loop — merge
-    the most frequent adjacent pair until every word is one symbol — with ties broken by the
-    pair itself. (``tokenizers``' trainer breaks ties in hash-map order, so the same captions
-    could give different vocabularies from run to run.)
-    """
+
+def _caption_words(texts: list[str], max_words: int | None = None) -> Counter:
+    """How often each word occurs in ``texts``: the pieces ``CLIPTokenizer`` splits a caption
+    into (its own normaliser and pre-tokeniser), the first ``max_words`` of each caption only
+    (the rest never reaches a model whose text is truncated there)."""
     reference = CLIPTokenizer().backend_tokenizer
-    counts = Counter(
-        word
-        for text in texts
-        for word, _ in reference.pre_tokenizer.pre_tokenize_str(reference.normalizer.normalize_str(text))
-    )
-    segments = {word: (*word[:-1], word[-1] + _END_OF_WORD) for word in counts}
+    normalize, pre_tokenize = reference.normalizer.normalize_str, reference.pre_tokenizer.pre_tokenize_str
+    known: dict[str, tuple[str, ...]] = {}
+    counts: Counter = Counter()
+    for text in texts:
+        words: list[str] = []
+        for match in _TOKEN.finditer(text):
+            token = match.group()
+            pieces = known.get(token)
+            if pieces is None:
+                pieces = known[token] = tuple(word for word, _ in pre_tokenize(normalize(token)))
+            words.extend(pieces)
+            if max_words is not None and len(words) >= max_words:
+                break
+        counts.update(words[:max_words])
+    return counts
+
+
+def _train_word_merges(counts: Counter) -> list[tuple[str, str]]:
+    """BPE merges, in rank order, that turn every word of ``counts`` into a single token.
+
+    The merges are those of the textbook BPE loop — merge the most frequent adjacent pair
+    until every word is one symbol — with ties broken by the pair itself. (``tokenizers``'
+    trainer breaks ties in hash-map order, so the same captions could give different
+    vocabularies from run to run.) The loop is incremental: pair counts are kept up to date
+    for the words a merge touches only, and the best pair comes from a heap whose stale
+    entries are skipped, so the cost follows the symbols merged, not (merges x corpus).
+    """
+    words = [(*word[:-1], word[-1] + _END_OF_WORD) for word in counts]
+    weights = list(counts.values())
+    pair_counts: Counter = Counter()
+    holders: dict[tuple[str, str], set[int]] = {}
+    for index, symbols in enumerate(words):
+        for pair in pairwise(symbols):
+            pair_counts[pair] += weights[index]
+            holders.setdefault(pair, set()).add(index)
+    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
     merges: list[tuple[str, str]] = []
-    while True:
-        pairs: Counter = Counter()
-        for word, symbols in segments.items():
-            for pair in zip(symbols, symbols[1:]):
-                pairs[pair] += counts[word]
-        if not pairs:
-            return merges
-        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+    while heap:
+        negative, best = heapq.heappop(heap)
+        current = pair_counts.get(best)
+        if current != -negative:
+            # Stale. A count that fell is re-queued only now, when its old entry comes up:
+            # every pair keeps an entry at or above its count, so the best one is never missed.
+            if current is not None and current < -negative:
+                heapq.heappush(heap, (-current, best))
+            continue
         merges.append(best)
-        segments = {word: _merge_pair(symbols, best) for word, symbols in segments.items()}
+        delta: Counter = Counter()
+        for index in holders.pop(best):
+            old, weight = words[index], weights[index]
+            new = _merge_pair(old, best)
+            old_pairs, new_pairs = list(pairwise(old)), list(pairwise(new))
+            for pair in old_pairs:
+                delta[pair] -= weight
+            for pair in new_pairs:
+                delta[pair] += weight
+                holders.setdefault(pair, set()).add(index)
+            for pair in set(old_pairs).difference(new_pairs):
+                holders.get(pair, set()).discard(index)
+            words[index] = new
+        for pair, change in delta.items():
+            count = pair_counts[pair] + change
+            if count > 0:
+                pair_counts[pair] = count
+                if change > 0:
+                    heapq.heappush(heap, (-count, pair))
+            else:
+                pair_counts.pop(pair, None)
+                holders.pop(pair, None)
+    return merges
 
 
 def _merge_pair(symbols: tuple[str, ...], pair: tuple[str, str]) -> tuple[str, ...]:
@@ -113,7 +170,10 @@ def build_caption_tokenizer(
     ``<|startoftext|>`` and ``<|endoftext|>``. End-of-text is the highest id and is also the
     padding token, as in OpenAI's tokenizer; CLIP pools the text at its first occurrence.
     Words not in ``texts`` tokenize into byte-level pieces, never into an unknown token.
-    Training is deterministic: the same captions give the same vocabulary.
+    Training is deterministic: the same captions give the same vocabulary. Only the words a
+    model of ``model_max_length`` positions sees are learned (each caption's first
+    ``model_max_length - 2``), and learning them takes time about linear in their letters
+    (a million-word corpus builds in seconds: ``tests/test_testing_utils.py``).
 
     Args:
         texts: captions (any iterable of strings) whose words form the vocabulary.
@@ -130,7 +190,8 @@ def build_caption_tokenizer(
     if not isinstance(model_max_length, int) or model_max_length < 2:
         raise ValueError(f"`model_max_length` must be an int >= 2 (room for bos and eos), got {model_max_length!r}")
 
-    merges = _train_word_merges(texts)
+    # Two of the model's positions hold the start and end tokens; every word is one token.
+    merges = _train_word_merges(_caption_words(texts, max_words=model_max_length - 2))
     vocab: dict[str, int] = {}
     for token in _byte_level_symbols() + ["".join(pair) for pair in merges] + [BOS_TOKEN, EOS_TOKEN]:
         vocab.setdefault(token, len(vocab))

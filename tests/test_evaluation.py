@@ -3,6 +3,7 @@ import io
 import json
 import math
 import runpy
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -357,7 +358,8 @@ def test_cli_reads_csv_with_relative_image_paths(saved_model, shapes_dir, tmp_pa
     table = tmp_path / "pairs.csv"
     lines = ["image,caption"] + [f"{shapes_dir.name}/test/{row['file_name']},\"{row['caption']}\"" for row in rows]
     table.write_text("\n".join(lines) + "\n")
-    (tmp_path / shapes_dir.name).symlink_to(shapes_dir)  # paths are relative to the CSV's folder
+    # Paths are relative to the CSV's folder (and stay inside it: a symlink out would be refused).
+    shutil.copytree(shapes_dir, tmp_path / shapes_dir.name)
     common = ["--model", str(directory), "--task", "retrieval", "--no-progress", "--device", "cpu"]
     from_csv = run_cli(common + ["--data", str(table)])
     from_folder = run_cli(common + ["--data", str(shapes_dir)])

@@ -335,3 +335,20 @@ def test_term_ablation_trains_each_variant_with_its_weights_and_resumes(tmp_path
     # A second run reads the finished runs instead of training them again.
     monkeypatch.setattr(term_ablation, "train", lambda args: pytest.fail("trained a finished run again"))
     assert term_ablation.main(argv) == rows
+
+
+def test_sweep_critic_check_is_validated_before_training(tmp_path, monkeypatch, capsys):
+    """Issue 26, item 8: a test split smaller than one batch stops the sweep at once, naming
+    the options, not after training."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("the sweep trained")
+
+    monkeypatch.setattr(synthetic_sweep, "run_sweep", no_training)
+    with pytest.raises(SystemExit):
+        synthetic_sweep.main(["--out", str(tmp_path), "--num-samples", "1000", "--critic-check"])
+    error = capsys.readouterr().err
+    assert "1000 samples leave 200 for testing: give --num-samples >= 1280 or a smaller --batch-size" in error
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(SystemExit):
+        synthetic_sweep.parse_args(["--help"])
+    assert "Run it from the repository root" in " ".join(capsys.readouterr().out.split())

@@ -68,7 +68,8 @@ def test_embed_texts_to_npy_and_bad_input(saved_model, tmp_path):
     texts.write_text("a red circle\na small cross at the bottom\n")
     written = run_embed(["--model", str(directory), "--texts", str(texts), "--out", str(tmp_path / "t.npy"),
                          "--embedding", "pooler", "shared", "--no-progress"])
-    assert sorted(p.name for p in written) == ["t.text.ids.json", "t.text.pooler.npy", "t.text.shared.npy"]
+    assert sorted(p.name for p in written) == ["t.model.json", "t.text.ids.json", "t.text.pooler.npy", "t.text.shared.npy"]
+    assert json.loads((tmp_path / "t.model.json").read_text())["embeddings"] == {"pooler": 8, "shared": 16}
     assert np.load(tmp_path / "t.text.shared.npy").shape == (2, 16)
     with pytest.raises(SystemExit):
         run_embed(["--model", str(directory), "--texts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x.parquet")])
@@ -102,3 +103,61 @@ def test_console_script_exits_0(saved_model, tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert pq.read_table(tmp_path / "t.parquet").num_rows == 1
+
+
+def test_embed_checks_faiss_before_any_work(saved_model, tmp_path, monkeypatch, capsys):
+    """Issue 26, item 4: --faiss without faiss stops before the model loads."""
+    from factorcl_hf.evaluation import export
+
+    directory, _, _ = saved_model
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the faiss check")
+
+    monkeypatch.setattr(export, "_load_model", no_model)
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a red circle\n")
+    with pytest.raises(SystemExit) as exit_:
+        run_embed(["--model", str(directory), "--texts", str(texts), "--out", str(tmp_path / "t.parquet"), "--faiss"])
+    assert exit_.value.code == 2 and "`--faiss` needs the faiss package" in capsys.readouterr().err
+
+
+def test_embed_a_dataset_to_npy_and_refuse_a_folder_as_out(saved_model, shapes_dir, tmp_path):
+    """Issue 26, item 5: --data DIR --out x.npy writes ids as JSON lists (it crashed on a
+    datasets Column and left a partial .npy); an --out that is a folder is refused first."""
+    directory, _, _ = saved_model
+    written = run_embed(["--model", str(directory), "--data", str(shapes_dir), "--split", "test",
+                         "--out", str(tmp_path / "d.npy"), "--no-progress"])
+    rows = len((shapes_dir / "test" / "metadata.jsonl").read_text().splitlines())
+    for modality in ("image", "text"):
+        assert json.loads((tmp_path / f"d.{modality}.ids.json").read_text()) == [str(i) for i in range(rows)]
+        assert np.load(tmp_path / f"d.{modality}.pooler.npy").shape[0] == rows
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "staging files left behind"
+    assert len(written) == 5
+    (tmp_path / "folder.parquet").mkdir()
+    with pytest.raises(SystemExit):
+        run_embed(["--model", str(directory), "--texts", str(tmp_path / "d.text.ids.json"),
+                   "--out", str(tmp_path / "folder.parquet")])
+
+
+def test_search_shows_the_modality_and_refuses_another_models_index(saved_model, shapes_dir, tmp_path, capsys):
+    """Issue 26, item 6: hits of a mixed image+text index say which modality they are; an
+    index written by another model is refused, naming both."""
+    directory, _, _ = saved_model
+    index = tmp_path / "mixed.parquet"
+    run_embed(["--model", str(directory), "--data", str(shapes_dir), "--split", "test", "--out", str(index),
+               "--no-progress"])
+    capsys.readouterr()
+    hits = run_search(["--index", str(index), "--model", str(directory), "--query", "a red circle", "--top-k", "3"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(hits) == len(lines) == 3 and all(line.split()[2] == "image" for line in lines)
+    record = json.loads(pq.read_schema(index).metadata[b"factorcl"])
+    assert record["model"] == str(directory) and len(record["fingerprint"]) == 64
+    other = tmp_path / "other"
+    captions = [json.loads(line)["caption"] for line in (shapes_dir / "test" / "metadata.jsonl").read_text().splitlines()]
+    save_tiny_model(other, captions + ["a red circle"], seed=3, head_dim=8, head_hidden_dim=16, critic_hidden_dim=16,
+                    critic_embed_dim=8)
+    with pytest.raises(SystemExit):
+        run_search(["--index", str(index), "--model", str(other), "--query", "a red circle"])
+    assert f"was written by another model ('{directory}'" in capsys.readouterr().err

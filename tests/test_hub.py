@@ -62,14 +62,16 @@ def test_card_renders_and_reloads_with_its_metadata(tmp_path, model_and_processo
     assert set(MODEL_CARD_TAGS) <= set(data.tags)
     assert data.model_name == "clip-factorcl"
     results = {r.metric_name: r for r in data.eval_results}
-    assert {k.removesuffix(" (pooler embedding)"): r.metric_value for k, r in results.items()} == RECORD["metrics"]
+    # Each metric names the embedding and the number of items it was measured on.
+    assert {k.removesuffix(" (pooler embedding, 400 items)"): r.metric_value for k, r in results.items()} == RECORD["metrics"]
     assert {(r.dataset_name, r.dataset_split, r.task_type, r.metric_type) for r in results.values()} == {
         ("shapes", "test", "image-feature-extraction", "recall")
     }
     # The body: loading with and without the package, training, limitations, the results table.
     body = card.text
     for needle in ('AutoModel.from_pretrained("me/clip-factorcl", trust_remote_code=True)', "import factorcl_hf",
-                   "## Training", "Ten epochs on IRFL.", "## Limitations", "| 0.3750 |"):
+                   "## Training", "Ten epochs on IRFL.", "## Limitations", "| 400 | text_to_image_R@1", "| 0.3750 |",
+                   'pip install "factorcl-hf=='):
         assert needle in body
     # The sizes in the embedding table are those the model actually returns.
     with torch.no_grad():
@@ -243,3 +245,24 @@ def test_wheel_ships_the_card_template(tmp_path):
     assert run.returncode == 0, run.stderr
     assert Path(run.stdout.strip()).is_relative_to(site)
     assert Path(run.stdout.strip()).read_text() == (repo / "model_cards" / "factorcl_model_card.md").read_text()
+
+
+def test_push_access_is_checked_before_any_work(monkeypatch):
+    """What ``--push_to_hub`` checks before training: offline mode, the connection, the token
+    and the namespace, each named."""
+    from factorcl_hf.hub import check_push_access
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="offline mode is enabled"):
+        check_push_access("me/x", token="hf_dummy")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(ValueError, match=r"the Hub at http://127.0.0.1:9 cannot be reached"):
+        check_push_access("me/x", token="hf_dummy")
+    monkeypatch.setattr(HfApi, "whoami", lambda self: {"name": "me", "orgs": [{"name": "lab"}]})
+    assert check_push_access("me/x") == check_push_access("lab/x") == "me"
+    with pytest.raises(ValueError, match=r"user 'me' cannot write to namespace 'someone' \(theirs: \['lab', 'me'\]\)"):
+        check_push_access("someone/x")
+    with pytest.raises(ValueError, match="like 'user/name'"):
+        check_push_access("x")

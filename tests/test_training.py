@@ -149,7 +149,9 @@ def test_objectives_train_evaluate_save_and_reload(data_dir, tmp_path, objective
     card = ModelCard.load(tmp_path / "model" / "README.md")
     assert card.data.library_name == "transformers"
     reported = {m["name"]: m["value"] for r in card.data.to_dict()["model-index"][0]["results"] for m in r["metrics"]}
-    assert reported["factorized_accuracy"] == pytest.approx(results["factorized_accuracy"])
+    # Every metric says how many evaluation items it was measured on.
+    assert reported["factorized_accuracy (14 items)"] == pytest.approx(results["factorized_accuracy"])
+    assert all(name.endswith("(14 items)") for name in reported), reported
 
 
 @pytest.mark.slow
@@ -180,22 +182,29 @@ def test_console_script_exits_0_and_prints_the_results_once(data_dir, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["steps"] == 1, done.stdout
     # Quiet: no library bars ("Downloading data", "Writing model shards"), no accelerate INFO
-    # line per checkpoint file, no warnings; only the run's own line.
-    assert done.stderr.strip().splitlines() == ["Training simclr on 56 rows: 1 steps (1 epochs), 1 process(es)"], done.stderr
+    # line per checkpoint file, no warnings; only the run's own lines, the last one saying
+    # where the model is.
+    model_dir = tmp_path / "model"
+    assert done.stderr.strip().splitlines() == [
+        "Training simclr on 56 rows: 1 steps (1 epochs), 1 process(es)", f"Saved the trained model to {model_dir}",
+        f"factorcl-train: done: the model is saved in {model_dir}"], done.stderr
     assert main(run_flags(data_dir, tmp_path / "in_process", "--objective", "simclr", "--max_train_steps", "1")) == 0
 
 
 def shapes_table(data_dir, path, split_column=True, splits=("train", "test")):
     """The shapes imagefolder as one CSV/JSONL file: string labels (the shape's name), image
-    paths relative to the file, and (optionally) a ``split`` column."""
+    paths relative to the file (the images copied beside it: paths out of a data file's
+    folder are refused), and (optionally) a ``split`` column."""
     import csv
+    import shutil
 
+    images = path.parent / "images"
+    shutil.copytree(data_dir, images, dirs_exist_ok=True)
     rows = []
     for split in splits:
         for line in (Path(data_dir) / split / "metadata.jsonl").read_text().splitlines():
             meta = json.loads(line)
-            row = {"image": str(Path(data_dir) / split / meta["file_name"]), "caption": meta["caption"],
-                   "shape": meta["shape"]}
+            row = {"image": f"images/{split}/{meta['file_name']}", "caption": meta["caption"], "shape": meta["shape"]}
             rows.append({**row, "split": split} if split_column else row)
     if path.suffix == ".csv":
         with path.open("w", newline="") as handle:
@@ -228,7 +237,8 @@ def test_string_labels_and_the_csv_split_column(data_dir, tmp_path):
 
 def check_card_is_hub_ready(model_dir, results):
     """The saved card validates, reports the run's metrics under the names the evaluation CLI
-    uses, and its first snippet runs, without warnings, against the saved folder."""
+    uses (with the number of items), holds no local path, and its first snippet runs, without
+    warnings, against the saved folder (named in place of the card's placeholder)."""
     import warnings
 
     from huggingface_hub import ModelCard
@@ -239,12 +249,14 @@ def check_card_is_hub_ready(model_dir, results):
     card = ModelCard.load(model_dir / "README.md")
     validate_model_card(card)
     assert card.data.license == "apache-2.0"
-    reported = {r.metric_name: (r.metric_type, r.metric_value) for r in card.data.eval_results}
+    reported = {r.metric_name.split(" (")[0]: (r.metric_type, r.metric_value) for r in card.data.eval_results}
     assert reported["image_to_text_R@1"] == ("recall", pytest.approx(results["image_to_text_R@1"]))
     assert reported["factorized_accuracy"] == ("accuracy", pytest.approx(results["factorized_accuracy"]))
     assert card.text.count("conditioned on the labels") == 1, "the objective is described once"
+    assert str(model_dir.parent.parent) not in str(card), "the card holds a local path"
     snippet = card.text.split("```python\n")[1].split("```")[0]
-    assert f'AutoModel.from_pretrained("{model_dir.resolve()}")' in snippet
+    assert 'AutoModel.from_pretrained("path/to/model")' in snippet
+    snippet = snippet.replace("path/to/model", str(model_dir.resolve()))
     Image.new("RGB", (40, 40), "red").save(model_dir.parent / "photo.jpg")
     cwd = os.getcwd()
     os.chdir(model_dir.parent)
@@ -272,7 +284,8 @@ def test_eval_data_eval_fraction_and_the_no_evaluation_warning(data_dir, tmp_pat
     separate = run([*base, "--output_dir", str(tmp_path / "separate"), "--eval_data", str(eval_file)])
     assert {"mean_R@1", "factorized_accuracy"} <= separate.keys()
     card = (tmp_path / "separate" / "model" / "README.md").read_text()
-    assert "eval.jsonl" in card
+    # Local data is named by its kind, not by a file name posing as a Hub dataset id.
+    assert "eval.jsonl" not in card and "| local json data | train | 14 |" in card
     with pytest.raises(ValueError, match="`eval_fraction` must be in \\(0, 1\\)"):
         parse_args([*base, "--eval_fraction", "1.5"])
 
@@ -337,6 +350,10 @@ def parquet_shards(data_dir, out, num_shards=3):
     import datasets
 
     split = datasets.load_dataset("imagefolder", data_dir=str(data_dir), split="train")
+    # The image bytes go into the shards (a path to the imagefolder would lead out of their folder).
+    split = split.cast_column("image", datasets.Image(decode=False)).map(
+        lambda row: {"image": {"bytes": Path(row["image"]["path"]).read_bytes(), "path": None}}
+    ).cast_column("image", datasets.Image())
     out.mkdir(parents=True)
     for index in range(num_shards):
         split.shard(num_shards, index, contiguous=True).to_parquet(str(out / f"train-{index:05d}.parquet"))
@@ -356,7 +373,8 @@ def test_streaming_trains_like_the_map_style_run(data_dir, tmp_path):
 
     _, loaded = losses("loaded")
     streamed_run, streamed = losses("streamed", "--streaming", "--streaming_shuffle_buffer", "16",
-                                    "--streaming_sample_rows", "24", "--eval_data", str(data_dir), "--eval_split", "test")
+                                    "--streaming_sample_rows", "24", "--eval_data", str(data_dir), "--eval_split", "test",
+                                    "--num_labels", "4")
     assert len(loaded) == len(streamed) == 6
     for curve in (loaded, streamed):
         assert sum(curve[-2:]) < sum(curve[:2]), curve

@@ -17,7 +17,7 @@ from factorcl_hf import FactorCLModel
 from factorcl_hf.data.image_text import load_image_text_dataset
 from factorcl_hf.data.shapes import write_shapes_imagefolder
 from factorcl_hf.integrity import CHECKSUM_FILE
-from training.train import parse_args, train
+from training.train import main, parse_args, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--tiny_hidden_size", "16", "--tiny_num_layers", "1", "--tiny_projection_dim", "8", "--head_dim", "4",
@@ -60,7 +60,8 @@ class WritesMarker:
 
 def test_checkpoints_hold_no_pickled_training_state(checkpointed_run):
     step = checkpointed_run / "checkpoints" / "step_2"
-    assert json.loads((step / "train_state.json").read_text()) == {"step": 2}
+    assert json.loads((step / "train_state.json").read_text()) == {
+        "step": 2, "per_device_train_batch_size": 4, "num_processes": 1, "gradient_accumulation_steps": 1}
     assert not list(step.glob("custom_checkpoint_*"))
     listed = {line.split("  ")[1] for line in (step / CHECKSUM_FILE).read_text().splitlines()}
     assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "train_state.json"} <= listed
@@ -143,7 +144,8 @@ def test_a_failed_final_save_leaves_the_trained_model_at_a_named_path(data_dir, 
 
 @pytest.mark.parametrize("option,value,minimum", [
     ("max_train_steps", "0", 1), ("num_train_epochs", "0", 1), ("gradient_accumulation_steps", "0", 1),
-    ("per_device_eval_batch_size", "0", 1), ("tiny_projection_dim", "-3", 1), ("checkpoints_total_limit", "-1", 0),
+    ("per_device_eval_batch_size", "0", 1), ("tiny_projection_dim", "-3", 1), ("checkpoints_total_limit", "0", 1),
+    ("seed", "-1", 0),
 ])
 def test_zero_steps_and_zero_sizes_are_errors(option, value, minimum):
     with pytest.raises(ValueError, match=f"`{option}` must be >= {minimum}, got {value}"):
@@ -236,3 +238,39 @@ def test_a_non_finite_loss_names_the_step(tmp_path):
     with pytest.raises(training.loop.TrainingDivergedError,
                        match=r"diverged at optimizer step 7: the loss is \[inf\].*no checkpoint to resume from"):
         training.loop.check_loss_is_finite(args, SimpleNamespace(num_processes=1), torch.tensor(float("inf")), step=7)
+
+
+def test_push_to_hub_is_checked_before_training_and_a_late_failure_ends_in_one_line(data_dir, tmp_path, monkeypatch,
+                                                                                     capsys):
+    """Issue 26, item 3: an unreachable Hub (here: offline mode) stops the run before any work;
+    a push that fails after training leaves the saved model, the printed results and one final
+    line saying both, exit status 1."""
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started")
+
+    push = ["--push_to_hub", "--hub_model_id", "someone/x", "--max_train_steps", "1"]
+    with monkeypatch.context() as patched:
+        patched.setattr(training.loop, "build_data", no_training)
+        with pytest.raises(ValueError, match="--push_to_hub 'someone/x': the Hub cannot be reached because offline mode"):
+            train(parse_args(flags(data_dir, tmp_path / "offline", *push)))
+
+    def refused(*args, **kwargs):
+        raise RuntimeError("The Hugging Face Hub refused the push to 'someone/x': 403 Forbidden")
+
+    monkeypatch.setattr(training.loop, "check_push_access", lambda repo_id: "someone")
+    monkeypatch.setattr(training.loop, "push_to_hub", refused)
+    out = tmp_path / "late"
+    assert main(flags(data_dir, out, *push)) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["push_error"].endswith("403 Forbidden")
+    assert captured.err.strip().splitlines()[-1] == (
+        f"factorcl-train: the model is saved in {out / 'model'}, but the push to the Hub failed (The Hugging Face "
+        "Hub refused the push to 'someone/x': 403 Forbidden)")
+    assert FactorCLModel.from_pretrained(out / "model").config.objective == "simclr"
+
+
+def test_locking_a_tower_of_the_random_tiny_clip_warns(data_dir, tmp_path, caplog):
+    """Issue 26, item 7: --lock_image without --clip_model freezes random weights: said."""
+    with caplog.at_level("WARNING", logger="factorcl.train"):
+        train(parse_args(flags(data_dir, tmp_path / "out", "--max_train_steps", "1", "--lock_image")))
+    assert "--lock_image without --clip_model freezes the image tower of a randomly initialised tiny CLIP" in caplog.text

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -51,6 +52,13 @@ class TrainingArguments:
     image_column: str = _option("image", "image column")
     caption_column: str = _option("caption", "caption column")
     label_column: str | None = _option(None, "label column (required by supervised objectives; used by the linear probe)")
+    num_labels: int | None = _option(None, "number of classes of integer labels (ids 0..N-1); default: the largest id "
+                                     "in the training split + 1. --streaming needs it (or --label_names) unless the "
+                                     "label column is a ClassLabel")
+    label_names: list[str] | None = _option(None, "class names in id order (string labels must be among them; sets "
+                                            "num_labels); default: the ClassLabel's names or the sorted strings")
+    allow_outside_paths: bool = _option(False, "let a CSV/JSONL/Parquet file's image paths (absolute, `..`) and an "
+                                        "imagefolder's symlinks lead outside the data's folder (refused by default)")
     num_train_samples: int = _option(2000, "size of the embedded dataset when --train_data is not given")
     unique_share: float | None = _option(None, "embedded dataset: share of labels from unique attributes "
                                          "(default: the dataset's)")
@@ -138,6 +146,7 @@ class TrainingArguments:
                            "checkpoint, its license (e.g. mit for openai/clip-*)")
     disable_tqdm: bool = _option(False, "no progress bar")
     save_seen_rows: bool = _option(False, "write the row indices each process trained on (debugging)")
+    debug: bool = _option(False, "show the traceback of errors (else one line; also FACTORCL_DEBUG=1)")
 
     def __post_init__(self):
         # Checked here, before any data is read or model built: a zero count would otherwise
@@ -145,7 +154,8 @@ class TrainingArguments:
         minimums = (("per_device_train_batch_size", 2), ("per_device_eval_batch_size", 1), ("logging_steps", 1),
                     ("club_critic_check_steps", 0), ("club_critic_steps", 1), ("num_train_epochs", 1),
                     ("max_train_steps", 1), ("gradient_accumulation_steps", 1), ("checkpointing_steps", 1),
-                    ("num_warmup_steps", 0), ("dataloader_num_workers", 0), ("checkpoints_total_limit", 0),
+                    ("num_warmup_steps", 0), ("dataloader_num_workers", 0), ("checkpoints_total_limit", 1),
+                    ("seed", 0), ("num_labels", 2), ("streaming_shuffle_buffer", 1), ("streaming_sample_rows", 2),
                     ("num_train_samples", 2), ("tiny_image_size", 1), ("tiny_patch_size", 1), ("tiny_hidden_size", 1),
                     ("tiny_num_layers", 1), ("tiny_projection_dim", 1), ("lock_image_unlocked_layers", 0),
                     ("lock_text_unlocked_layers", 0))
@@ -154,16 +164,32 @@ class TrainingArguments:
             if value is not None and value < minimum:
                 why = " for contrastive training" if name == "per_device_train_batch_size" else ""
                 raise ValueError(f"`{name}` must be >= {minimum}{why}, got {value}")
-        for name in ("critic_learning_rate", "club_head_lr_scale"):
-            if getattr(self, name) is not None and not getattr(self, name) > 0:
-                raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}")
+        if self.seed >= 2**32:
+            raise ValueError(f"`seed` must be < 2**32 (numpy's seeds), got {self.seed}")
+        for name in ("critic_learning_rate", "club_head_lr_scale", "logit_temperature"):
+            if getattr(self, name) is not None and not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"`{name}` must be a finite number > 0, got {getattr(self, name)}")
+        for name in ("max_grad_norm", "weight_decay"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"`{name}` must be a finite number >= 0 (0: off), got {getattr(self, name)}")
+        if not 0 < self.crop_scale_min <= 1:
+            raise ValueError(f"`crop_scale_min` must be in (0, 1], got {self.crop_scale_min}")
+        if not str(self.output_dir).strip():
+            raise ValueError("`output_dir` must name a folder, got an empty string")
+        if self.label_names is not None:
+            names = [str(name).strip() for name in self.label_names]
+            if len(names) < 2 or len(set(names)) != len(names) or not all(names):
+                raise ValueError(f"`label_names` must be at least two distinct, non-empty names, got {self.label_names}")
+            if self.num_labels is not None and self.num_labels != len(names):
+                raise ValueError(f"`num_labels` ({self.num_labels}) and `label_names` ({len(names)} names) disagree")
+            self.label_names = names
         if self.streaming and (not self.max_train_steps or self.eval_fraction):
             raise ValueError("--streaming needs `max_train_steps` (a stream has no length) and no `eval_fraction` "
                              "(give --eval_data)")
         if self.eval_fraction is not None and not 0 < self.eval_fraction < 1:
             raise ValueError(f"`eval_fraction` must be in (0, 1), got {self.eval_fraction}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate}")
+        if not 0 < self.learning_rate < math.inf:
+            raise ValueError(f"`learning_rate` must be a finite number > 0, got {self.learning_rate}")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("`hub_model_id` (USER/NAME) is required with `push_to_hub`")
         estimator_preset(self.estimators, self.objective)

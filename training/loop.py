@@ -20,28 +20,34 @@ from typing import Any
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.tracking import get_available_trackers
-from accelerate.utils import LoggerType, ProjectConfiguration, set_seed
+from accelerate.utils import LoggerType, ProjectConfiguration, broadcast_object_list, set_seed
 from tqdm.auto import tqdm
+from safetensors import SafetensorError
 from transformers import AutoProcessor, get_scheduler
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.augmentations import ImageAugmentation, TextAugmentation
 from factorcl_hf.checkpointing import (
+    PROCESSOR_DIR,
+    OutputDirLock,
     TrainState,
     latest_checkpoint,
     load_checkpoint,
     recover_interrupted_swap,
+    remove_leftover_staging,
     save_checkpoint,
     save_pretrained_atomically,
 )
+from factorcl_hf.cli import PackageRuntimeError
 from factorcl_hf.configuration_factorcl import objective_spec
 from factorcl_hf.data.image_text import (
-    ImageTextCollator, IndexedDataset, drop_undecodable_images, encode_labels, load_image_text_dataset,
+    ImageTextCollator, IndexedDataset, check_label_classes, check_labels, drop_undecodable_images, encode_labels,
+    load_image_text_dataset,
 )
 from factorcl_hf.data.shapes import DEFAULT_UNIQUE_SHARE, write_shapes_imagefolder
 from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs, image_text_batches
 from factorcl_hf.evaluation.image_text import evaluate_image_text
-from factorcl_hf.hub import HUB_LICENSES, build_model_card, push_to_hub, validate_model_card
+from factorcl_hf.hub import HUB_LICENSES, build_model_card, check_push_access, push_to_hub, validate_model_card
 from factorcl_hf.progress import hide_library_progress_bars
 from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 from factorcl_hf.training_step import parameter_groups, training_step
@@ -63,8 +69,8 @@ def check_objective(args: TrainingArguments) -> None:
 
 def check_output_paths(args: TrainingArguments) -> None:
     """Fail before any training on an output path that the run could not write at the end
-    (``--output_dir`` or one of the files and folders it gets), and put back a ``model/``
-    that an interrupted save of an earlier run left aside."""
+    (``--output_dir`` or one of the files and folders it gets). (What an interrupted earlier
+    run left behind is repaired once the run holds the folder: :func:`lock_output_dir`.)"""
     output_dir = Path(args.output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"`output_dir` {str(output_dir)!r} exists and is not a directory")
@@ -74,7 +80,6 @@ def check_output_paths(args: TrainingArguments) -> None:
         raise ValueError(f"`output_dir` {str(output_dir)!r} cannot be created: {error}") from error
     if not os.access(output_dir, os.W_OK | os.X_OK):
         raise ValueError(f"`output_dir` {str(output_dir)!r} is not writable")
-    recover_interrupted_swap(output_dir / "model")
     folders = ["model", "checkpoints", "logs"]
     files = ["results.json", "train_log.jsonl"]
     for name, must_be_dir in [(n, True) for n in folders] + [(n, False) for n in files]:
@@ -87,6 +92,36 @@ def check_output_paths(args: TrainingArguments) -> None:
     resume = args.resume_from_checkpoint
     if resume and resume != "latest" and not Path(resume).is_dir():
         raise ValueError(f"`resume_from_checkpoint` {resume!r} is not a checkpoint folder (or 'latest')")
+
+
+def check_hub_access(args: TrainingArguments) -> None:
+    """``--push_to_hub``: the Hub answers and the token may write to ``--hub_model_id``,
+    checked before any work (a push that fails comes after the whole run)."""
+    if args.push_to_hub:
+        check_push_access(args.hub_model_id)
+
+
+def lock_output_dir(args: TrainingArguments, accelerator: Accelerator) -> OutputDirLock:
+    """Hold ``--output_dir`` for this run (the main process takes the lock; every process
+    learns whether it got it, so none waits for a peer that stopped), then repair what an
+    interrupted earlier run left there: a ``model/`` set aside mid-swap, staging folders."""
+    lock, refusal = OutputDirLock(args.output_dir), None
+    if accelerator.is_main_process:
+        try:
+            lock.acquire()
+        except ValueError as error:
+            refusal = str(error)
+    if accelerator.num_processes > 1:
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise ValueError(refusal)
+    if accelerator.is_main_process:
+        recover_interrupted_swap(Path(args.output_dir) / "model")
+        for checkpoint in (Path(args.output_dir) / "checkpoints").glob(".retired-step_*"):
+            recover_interrupted_swap(checkpoint.with_name(checkpoint.name[len(".retired-"):]))
+        remove_leftover_staging(args.output_dir)
+    accelerator.wait_for_everyone()
+    return lock
 
 
 def build_accelerator(args: TrainingArguments) -> Accelerator:
@@ -138,12 +173,17 @@ def log_metrics(args: TrainingArguments, accelerator: Accelerator, metrics: dict
 
 
 # ---------------------------------------------------------------------------------- data
+# Fewer evaluation rows than this give no retrieval figure worth reporting (R@1 of one item is 1).
+MIN_EVAL_ROWS = 2
+
+
 @dataclass
 class TrainingData:
     """The splits of a run: ``train`` (undecodable images dropped, ``dropped`` of them),
-    ``eval`` (``None`` without an evaluation split), where they came from (``source``, and
-    ``eval_source`` / ``eval_split`` for the card), the label column (the embedded
-    dataset's, unless one was given) and the class names of string/ClassLabel labels."""
+    ``eval`` (``None`` without an evaluation split; ``eval_dropped`` undecodable images), where
+    they came from (``source``, and ``eval_source`` / ``eval_split`` for the card), the label
+    column (the embedded dataset's, unless one was given), the class names of string/ClassLabel
+    labels and the number of classes when it was given or is known from the data's features."""
 
     train: Any
     eval: Any
@@ -153,8 +193,11 @@ class TrainingData:
     eval_source: str | Path | None = None
     eval_split: str | None = None
     label_names: list[str] | None = None
+    eval_dropped: int = 0
+    num_labels: int | None = None
     # --streaming: this process's shard of the stream (``train`` is then a sample of it) and
-    # the count of its undecodable images, which grows as training reads it.
+    # the counts of its skipped rows (undecodable images, labels outside the label set),
+    # which grow as training reads it.
     stream: Any = None
     stream_dropped: dict | None = None
 
@@ -164,7 +207,10 @@ class TrainingData:
 
 def build_data(args: TrainingArguments, accelerator: Accelerator) -> TrainingData:
     """Load ``--train_data``, or write the embedded shapes dataset next to the output dir;
-    then the evaluation split (:func:`eval_split_of`) and class ids for the labels."""
+    then the evaluation split (:func:`eval_split_of`) and class ids for the labels. Every
+    check that can fail on the data runs here, before the model is built: undecodable images
+    are dropped (counted) from both splits, labels validated (two classes at least), and the
+    evaluation split must keep :data:`MIN_EVAL_ROWS` rows."""
     label_column = args.label_column
     if args.train_data is None:
         share = DEFAULT_UNIQUE_SHARE if args.unique_share is None else args.unique_share
@@ -178,23 +224,40 @@ def build_data(args: TrainingArguments, accelerator: Accelerator) -> TrainingDat
     if objective_spec(args.objective).supervised and label_column is None:
         raise ValueError(f"`label_column` is required by the supervised objective {args.objective!r}")
     columns = (args.image_column, args.caption_column, label_column)
+    load = dict(allow_outside_paths=args.allow_outside_paths)
     with accelerator.main_process_first():
-        data = load_image_text_dataset(source, *columns, streaming=args.streaming)
-        eval_data = load_image_text_dataset(args.eval_data, *columns) if args.eval_data and args.eval_split != "none" else None
+        data = load_image_text_dataset(source, *columns, streaming=args.streaming, **load)
+        eval_data = (load_image_text_dataset(args.eval_data, *columns, **load)
+                     if args.eval_data and args.eval_split != "none" else None)
     if args.streaming:
         return TrainingData(label_column=label_column, source=source, dropped=0,
                             **streaming_data(args, accelerator, data, eval_data, source, label_column))
     if args.train_split not in data:
         raise ValueError(f"`train_split` {args.train_split!r} not in the data; splits: {sorted(data)}")
     train_set, eval_set, eval_source, eval_split = eval_split_of(args, data, eval_data, source)
-    encoded, label_names = encode_labels({"train": train_set, "eval": eval_set}, label_column)
+    encoded, label_names = encode_labels({"train": train_set, "eval": eval_set}, label_column, names=args.label_names)
     train_set, dropped = drop_undecodable_images(encoded["train"], args.image_column)
+    eval_set, eval_dropped = encoded["eval"], 0
+    if eval_set is not None:
+        eval_set, eval_dropped = drop_undecodable_images(eval_set, args.image_column)
+        if len(eval_set) < MIN_EVAL_ROWS:
+            given = "--eval_fraction" if args.eval_fraction else "--eval_data" if args.eval_data else "--eval_split"
+            raise ValueError(f"The evaluation split ({given}) has {len(eval_set)} usable row(s), fewer than "
+                             f"{MIN_EVAL_ROWS}: its metrics would mean nothing. Give more evaluation rows, or "
+                             "--eval_split none")
     if len(train_set) < args.per_device_train_batch_size * accelerator.num_processes:
         raise ValueError(
             f"The training split has {len(train_set)} usable rows, fewer than one global batch "
             f"({args.per_device_train_batch_size} x {accelerator.num_processes} processes)"
         )
-    return TrainingData(train_set, encoded["eval"], label_column, source, dropped, eval_source, eval_split, label_names)
+    num_labels = len(label_names) if label_names else args.num_labels
+    if label_column is not None:
+        where = f"{source} [{args.train_split}]"
+        labels = train_set[label_column]
+        check_labels(labels, label_column, where, num_labels=num_labels)
+        check_label_classes(labels, label_column, where)
+    return TrainingData(train_set, eval_set, label_column, source, dropped, eval_source, eval_split, label_names,
+                        eval_dropped, num_labels)
 
 
 # ------------------------------------------------------------------------------- model
@@ -212,18 +275,44 @@ def label_options(data: TrainingData) -> dict[str, Any]:
     if data.label_names:
         names = list(data.label_names) + [f"LABEL_{i}" for i in range(len(data.label_names), 2)]
         return {"id2label": dict(enumerate(names)), "label2id": {name: i for i, name in enumerate(names)}}
-    return {"num_labels": max(2, int(max(data.train[data.label_column])) + 1)}
+    return {"num_labels": data.num_labels or max(2, int(max(data.train[data.label_column])) + 1)}
 
 
-def build_model_and_processor(args: TrainingArguments, data: TrainingData):
+def resume_checkpoint(args: TrainingArguments) -> Path | None:
+    """The checkpoint ``--resume_from_checkpoint`` names (``latest``: the newest under
+    ``OUTPUT_DIR/checkpoints``), or ``None``: known before the model is built, whose
+    tokenizer comes from it."""
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        path = latest_checkpoint(args.output_dir)
+        if path is None:
+            log.info("No checkpoint under %s; starting from scratch", Path(args.output_dir) / "checkpoints")
+        return path
+    return Path(args.resume_from_checkpoint)
+
+
+def build_model_and_processor(args: TrainingArguments, data: TrainingData, checkpoint: Path | None = None):
     """A CLIP checkpoint wrapped with fresh FactorCL heads, or a tiny random CLIP with a
-    tokenizer built from the training captions (offline)."""
+    tokenizer built from the training captions (offline). Resuming, the tiny CLIP's tokenizer
+    is the checkpoint's: rebuilt from captions that changed, its ids would move under the
+    trained embeddings."""
     options = {**model_options(args), **label_options(data)}
     train_set = data.train
     if args.clip_model:
         return FactorCLModel.from_clip(args.clip_model, **options), AutoProcessor.from_pretrained(args.clip_model)
     max_length = 32
-    tokenizer = build_caption_tokenizer(train_set[args.caption_column], model_max_length=max_length)
+    saved = checkpoint / PROCESSOR_DIR if checkpoint is not None else None
+    if saved is not None and saved.is_dir():
+        processor = AutoProcessor.from_pretrained(saved)
+        tokenizer = processor.tokenizer
+        log.info("Resuming with the checkpoint's tokenizer (%s)", saved)
+    else:
+        if checkpoint is not None:
+            log.warning("Checkpoint %s holds no tokenizer (an earlier version's): it is rebuilt from the captions, "
+                        "whose ids match the checkpoint's only if the captions are the same", checkpoint)
+        tokenizer = build_caption_tokenizer(train_set[args.caption_column], model_max_length=max_length)
+        processor = tiny_clip_processor(tokenizer, args.tiny_image_size)
     clip_config = tiny_clip_config(
         len(tokenizer),
         **special_token_ids(tokenizer),
@@ -234,7 +323,7 @@ def build_model_and_processor(args: TrainingArguments, data: TrainingData):
         num_layers=args.tiny_num_layers,
         max_position_embeddings=max_length,
     )
-    return FactorCLModel(FactorCLConfig(clip_config=clip_config, **options)), tiny_clip_processor(tokenizer, args.tiny_image_size)
+    return FactorCLModel(FactorCLConfig(clip_config=clip_config, **options)), processor
 
 
 def prepare_backbone(args: TrainingArguments, model: FactorCLModel) -> None:
@@ -254,6 +343,9 @@ def prepare_backbone(args: TrainingArguments, model: FactorCLModel) -> None:
     for modality, (tower_name, projection, final_norm) in towers.items():
         if not getattr(args, f"lock_{modality}"):
             continue
+        if not args.clip_model:
+            log.warning("--lock_%s without --clip_model freezes the %s tower of a randomly initialised tiny CLIP: "
+                        "it will never learn. Give --clip_model to lock a pretrained tower", modality, modality)
         unlocked = getattr(args, f"lock_{modality}_unlocked_layers")
         tower, layers = getattr(model.clip, tower_name), getattr(model.clip, tower_name).encoder.layers
         if unlocked > len(layers):
@@ -308,20 +400,25 @@ def build_train_loader(args: TrainingArguments, model: FactorCLModel, processor,
 # -------------------------------------------------------------------------- optimizers
 @dataclass
 class Schedule:
-    """Optimizer steps per epoch and in all (``--max_train_steps`` or the epochs')."""
+    """Optimizer steps per epoch and in all (``--max_train_steps`` or the epochs'), and the
+    rows each epoch trains on: every batch is full and the same size on every process, so an
+    epoch leaves out the rows short of a last global batch (a different random set each epoch)."""
 
     steps_per_epoch: int
     max_steps: int
+    rows_per_epoch: int | None = None
+    rows_left_out_per_epoch: int | None = None
 
     @property
     def num_epochs(self) -> int:
         return math.ceil(self.max_steps / self.steps_per_epoch)
 
 
-def num_batches(args: TrainingArguments, accelerator: Accelerator, loader) -> int:
-    """Batches per epoch in all processes; a stream has no length, so one "epoch" is the run."""
+def batches_per_epoch(args: TrainingArguments, loader) -> int:
+    """Batches per epoch of this process's (prepared) loader; a stream has no length, so one
+    "epoch" is the run."""
     if isinstance(loader.dataset, torch.utils.data.IterableDataset):
-        return args.max_train_steps * args.gradient_accumulation_steps * accelerator.num_processes
+        return args.max_train_steps * args.gradient_accumulation_steps
     return len(loader)
 
 
@@ -330,10 +427,28 @@ def prepare_loader(args: TrainingArguments, accelerator: Accelerator, loader):
     return loader if isinstance(loader.dataset, torch.utils.data.IterableDataset) else accelerator.prepare(loader)
 
 
-def build_optimizers(args: TrainingArguments, model: FactorCLModel, accelerator: Accelerator, num_batches: int):
-    """AdamW for the backbone, heads and InfoNCE critics with its learning-rate schedule, and
-    Adam for the CLUB critics (``None`` without CLUB terms): ``(optimizer, critic_optimizer,
-    scheduler, schedule)``."""
+def build_schedule(args: TrainingArguments, accelerator: Accelerator, loader, data: TrainingData) -> Schedule:
+    """The :class:`Schedule` of the prepared ``loader``: its length is what each process
+    really gets (counting before the sharding would put epoch boundaries in the wrong place)."""
+    batches = batches_per_epoch(args, loader)
+    # accelerate steps the optimizer at the end of an epoch whose batches the accumulation
+    # does not divide, so a partial accumulation still makes a step.
+    steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+    schedule = Schedule(steps_per_epoch, args.max_train_steps or args.num_train_epochs * steps_per_epoch)
+    if data.stream is None:
+        schedule.rows_per_epoch = batches * args.per_device_train_batch_size * accelerator.num_processes
+        schedule.rows_left_out_per_epoch = len(data.train) - schedule.rows_per_epoch
+        if schedule.rows_left_out_per_epoch:
+            log.info("Each epoch trains on %d of the %d rows: the %d short of a full global batch (%d x %d processes) "
+                     "are left out, a different random set each epoch", schedule.rows_per_epoch, len(data.train),
+                     schedule.rows_left_out_per_epoch, args.per_device_train_batch_size, accelerator.num_processes)
+    return schedule
+
+
+def build_optimizers(args: TrainingArguments, model: FactorCLModel, accelerator: Accelerator, schedule: Schedule):
+    """AdamW for the backbone, heads and InfoNCE critics with its learning-rate schedule over
+    ``schedule.max_steps`` optimizer steps, and Adam for the CLUB critics (``None`` without
+    CLUB terms): ``(optimizer, critic_optimizer, scheduler)``."""
     # Fused (single-kernel) Adam where torch has it: much faster optimizer steps on CPU
     # (benchmarks/RESULTS.md, "Training loop on the embedded demo").
     fused = {"fused": True} if accelerator.device.type in ("cpu", "cuda") else {}
@@ -342,24 +457,47 @@ def build_optimizers(args: TrainingArguments, model: FactorCLModel, accelerator:
     optimizer = torch.optim.AdamW(groups, lr=args.learning_rate, weight_decay=args.weight_decay, **fused)
     critic_params = model.club_critic_parameters()
     critic_optimizer = torch.optim.Adam(critic_params, lr=game["critic_learning_rate"], **fused) if critic_params else None
-    steps_per_epoch = math.ceil(num_batches / accelerator.num_processes / args.gradient_accumulation_steps)
-    schedule = Schedule(steps_per_epoch, args.max_train_steps or args.num_train_epochs * steps_per_epoch)
     scheduler = get_scheduler(
         args.lr_scheduler_type, optimizer, num_warmup_steps=args.num_warmup_steps, num_training_steps=schedule.max_steps
     )
-    return optimizer, critic_optimizer, scheduler, schedule
+    return optimizer, critic_optimizer, scheduler
 
 
-def resume(args: TrainingArguments, accelerator: Accelerator, state: TrainState, model) -> None:
-    """Load ``--resume_from_checkpoint`` (a folder, or ``latest``) into the prepared objects
-    and ``state``."""
-    output_dir = Path(args.output_dir)
-    path = latest_checkpoint(output_dir) if args.resume_from_checkpoint == "latest" else Path(args.resume_from_checkpoint)
-    if path is None:
-        log.info("No checkpoint under %s; starting from scratch", output_dir / "checkpoints")
+def prepare_for_training(accelerator: Accelerator, model, optimizer, critic_optimizer, scheduler):
+    """``accelerator.prepare`` of the model, optimizers and scheduler; returns them in that
+    order. The schedule is counted in optimizer steps, so it advances once per step whatever
+    the number of processes (a prepared scheduler steps ``num_processes`` times per step
+    unless told the batches are split: each process's batch is a share of the global one)."""
+    critic_optimizers = [critic_optimizer] if critic_optimizer else []
+    model, optimizer, scheduler, *critic_optimizers = accelerator.prepare(model, optimizer, scheduler, *critic_optimizers)
+    scheduler.split_batches = True
+    return model, optimizer, (critic_optimizers[0] if critic_optimizers else None), scheduler
+
+
+def train_state(args: TrainingArguments, accelerator: Accelerator) -> TrainState:
+    """A fresh :class:`TrainState` with this run's batch geometry."""
+    return TrainState(per_device_train_batch_size=args.per_device_train_batch_size,
+                      num_processes=accelerator.num_processes,
+                      gradient_accumulation_steps=args.gradient_accumulation_steps)
+
+
+def resume(args: TrainingArguments, accelerator: Accelerator, state: TrainState, model, checkpoint: Path | None,
+           schedule: Schedule) -> None:
+    """Load ``checkpoint`` (:func:`resume_checkpoint`) into the prepared objects and
+    ``state``. Refused, naming what differs, when the checkpoint's batch geometry is not this
+    run's (the rows already seen would be miscounted) or its step lies beyond this run."""
+    if checkpoint is None:
         return
-    state.step = load_checkpoint(accelerator, path, model=model).step
-    log.info("Resumed from %s at step %d", path, state.step)
+    saved = load_checkpoint(accelerator, checkpoint, model=model)
+    changes = saved.geometry_changes(state)
+    if changes:
+        raise ValueError(f"`resume_from_checkpoint` {str(checkpoint)!r} was trained with another batch geometry "
+                         f"({'; '.join(changes)}): resuming would skip the wrong rows. Resume with its settings")
+    if saved.step > schedule.max_steps:
+        raise ValueError(f"`resume_from_checkpoint` {str(checkpoint)!r} is at step {saved.step}, beyond this run's "
+                         f"{schedule.max_steps} steps (raise --max_train_steps or --num_train_epochs)")
+    state.step = saved.step
+    log.info("Resumed from %s at step %d", checkpoint, state.step)
 
 
 # ------------------------------------------------------------------------------- epoch
@@ -370,8 +508,9 @@ def progress_bar(args: TrainingArguments, accelerator: Accelerator, initial: int
 
 class LossLog:
     """Mean loss terms over windows of ``logging_steps`` optimizer steps (and the last,
-    shorter one). Terms are summed on the device and read back once per window: a ``.item()``
-    per term per step would stall an accelerator on every step."""
+    shorter one), with ``lr``, the learning rate the window's last step trained at. Terms
+    are summed on the device and read back once per window: a ``.item()`` per term per step
+    would stall an accelerator on every step."""
 
     def __init__(self, args: TrainingArguments, accelerator: Accelerator, max_steps: int):
         self.args, self.accelerator, self.max_steps = args, accelerator, max_steps
@@ -397,7 +536,7 @@ class LossLog:
 class Trainer:
     """What one epoch needs: the prepared model, optimizers, scheduler and loader, the
     collator (its ``epoch`` seeds the augmentations), the step counter, the schedule, the
-    loss log, the progress bar and the rows seen."""
+    loss log, the progress bar, the rows seen and the processor (saved with checkpoints)."""
 
     model: Any
     optimizer: Any
@@ -410,6 +549,7 @@ class Trainer:
     loss_log: LossLog
     progress: Any
     seen_rows: list
+    processor: Any = None
 
 
 def train_one_epoch(args: TrainingArguments, accelerator: Accelerator, trainer: Trainer, epoch: int) -> None:
@@ -426,6 +566,8 @@ def train_one_epoch(args: TrainingArguments, accelerator: Accelerator, trainer: 
     for batch in loader:
         trainer.seen_rows.extend(batch.pop("row_indices").tolist())
         batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        # The rate this step trains at (the scheduler's last rate is the next step's).
+        learning_rate = trainer.optimizer.param_groups[0]["lr"]
         try:
             outputs = training_step(
                 trainer.model, {**batch, "return_loss": True}, trainer.optimizer, trainer.critic_optimizer,
@@ -442,16 +584,17 @@ def train_one_epoch(args: TrainingArguments, accelerator: Accelerator, trainer: 
             continue
         state.step += 1
         trainer.progress.update(1)
-        trainer.loss_log.add(state.step, outputs, trainer.scheduler.get_last_lr()[0], trainer.progress)
+        trainer.loss_log.add(state.step, outputs, learning_rate, trainer.progress)
         if args.checkpointing_steps and state.step % args.checkpointing_steps == 0:
-            save_checkpoint(accelerator, Path(args.output_dir), state, args.checkpoints_total_limit, model=trainer.model)
+            save_checkpoint(accelerator, Path(args.output_dir), state, args.checkpoints_total_limit, model=trainer.model,
+                            processor=trainer.processor)
         if state.step >= schedule.max_steps:
             break
     if state.step == first_step:
         raise ValueError("The training data gave no full batch: fewer usable rows than --per_device_train_batch_size")
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(PackageRuntimeError):
     """The loss (or the features) became NaN or infinite: training stopped and nothing of the
     diverged weights was saved."""
 
@@ -500,66 +643,164 @@ def club_critic_check(args: TrainingArguments, accelerator: Accelerator, model: 
     return {"club_critic_check": club_critic_report(estimators, *inputs, batch, args.club_critic_check_steps, seed=args.seed)}
 
 
-def save_run(args: TrainingArguments, accelerator: Accelerator, model: FactorCLModel, processor, data: TrainingData,
-             results: dict, loss_log: LossLog) -> None:
-    """On the main process: the model with its processor and card (``OUTPUT_DIR/model``),
-    ``results.json``, ``train_log.jsonl``, and the push to the Hub if asked."""
+def guarded_evaluation(args: TrainingArguments, accelerator: Accelerator, model: FactorCLModel, processor,
+                       data: TrainingData, step: int) -> dict:
+    """:func:`evaluate` (main process), its metrics logged to the trackers; a failure is logged
+    and returned as ``{"evaluation_error": ...}``, never raised: an evaluation must not cost
+    the model (after an epoch: the rest of the run; at the end: the save or the push)."""
+    try:
+        metrics = evaluate(args, model, processor, data)
+    except Exception as error:  # noqa: BLE001 - any failure: report it and go on
+        log.error("The evaluation failed (the model is not affected): %s: %s", type(error).__name__, error)
+        return {"evaluation_error": f"{type(error).__name__}: {error}"}
+    log_metrics(args, accelerator, metrics, step)
+    return metrics
+
+
+def evaluate_after_training(args: TrainingArguments, accelerator: Accelerator, model: FactorCLModel, processor,
+                            collator, data: TrainingData, step: int) -> dict:
+    """The CLUB critic check and the evaluation, run once the model is saved; each failure is
+    recorded (``club_critic_check_error``, ``evaluation_error``), never raised."""
+    results = {}
+    try:
+        results.update(club_critic_check(args, accelerator, model, collator, data))
+    except Exception as error:  # noqa: BLE001 - any failure: the model is saved, report and go on
+        log.error("The CLUB critic check failed (the model is saved): %s: %s", type(error).__name__, error)
+        results["club_critic_check_error"] = f"{type(error).__name__}: {error}"
+    if data.eval is not None and accelerator.is_main_process:
+        results.update(guarded_evaluation(args, accelerator, model, processor, data, step))
+    return results
+
+
+def save_model(args: TrainingArguments, model: FactorCLModel, processor, data: TrainingData, results: dict,
+               loss_log: LossLog, run_facts: dict) -> Path:
+    """On the main process, before any evaluation or push: the model with its processor and
+    a card (``OUTPUT_DIR/model``), ``results.json`` and ``train_log.jsonl``. Returns the
+    model's folder (a temporary one, named in the error, if the output dir cannot take it)."""
     output_dir = Path(args.output_dir)
-    card = training_model_card(model, args, results, data)
+    card = training_model_card(model, args, results, data, run_facts)
     validate_model_card(card)
-    results["model_dir"] = str(save_model_or_fallback(model, processor, output_dir / "model", card))
+    model_dir = save_model_or_fallback(model, processor, output_dir / "model", card)
+    results["model_dir"] = str(model_dir)
     (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     (output_dir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in loss_log.records))
+    log.info("Saved the trained model to %s", model_dir)
+    return model_dir
+
+
+def finish_run(args: TrainingArguments, model: FactorCLModel, processor, data: TrainingData, results: dict,
+               run_facts: dict) -> None:
+    """On the main process, after the evaluation: the card with its metrics replaces the saved
+    one, ``results.json`` gets them, then the push to the Hub if asked. A failed push is
+    recorded (``push_error``), not raised: the model is saved."""
+    output_dir, model_dir = Path(args.output_dir), Path(results["model_dir"])
+    card = training_model_card(model, args, results, data, run_facts)
+    try:
+        validate_model_card(card)
+        staged = model_dir / ".README.md.new"
+        card.save(staged)
+        os.replace(staged, model_dir / "README.md")
+    except Exception as error:  # noqa: BLE001 - the saved card (without metrics) stays
+        log.warning("Could not add the metrics to the model card in %s: %s", model_dir, error)
+    (output_dir / "results.json").write_text(json.dumps(results, indent=2))
     if args.push_to_hub:
-        log.info("Pushed to %s", push_to_hub(model, processor, args.hub_model_id, card))
+        try:
+            results["pushed_to"] = push_to_hub(model, processor, args.hub_model_id, card)
+            log.info("Pushed to %s", results["pushed_to"])
+        except RuntimeError as error:
+            results["push_error"] = str(error)
+            log.error("%s", error)
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2))
 
 
 def save_model_or_fallback(model: FactorCLModel, processor, target: Path, card) -> Path:
-    """Save to ``target``; if that fails, save to a new folder in the system's temporary
-    directory and raise an error naming both, so the trained weights are never lost."""
+    """Save to ``target``; if that fails (a full disk raises ``OSError`` from one writer and
+    ``SafetensorError`` from safetensors), save to a new folder in the system's temporary
+    directory and raise an ``OSError`` naming both, so the trained weights are never lost."""
     try:
         return save_pretrained_atomically(model, processor, target, card=card)
-    except OSError as error:
+    except (OSError, SafetensorError) as error:
         fallback = Path(tempfile.mkdtemp(prefix="factorcl-unsaved-model-"))
         try:
             save_pretrained_atomically(model, processor, fallback, card=card)
-        except OSError as second:
+        except (OSError, SafetensorError) as second:
             raise OSError(f"Saving the trained model to {str(target)!r} failed ({error}), and so did saving it "
                           f"to {str(fallback)!r} ({second})") from error
         raise OSError(f"Saving the trained model to {str(target)!r} failed ({error}); the trained model was "
                       f"saved to {str(fallback)!r} instead") from error
 
 
-def _hub_ids(*sources) -> list[str]:
-    """The sources that are Hub ids (card metadata names Hub repositories, not local paths)."""
-    return [str(source) for source in sources if source and not Path(str(source)).exists()]
+_DATA_FILE_SUFFIXES = (".csv", ".json", ".jsonl", ".parquet", ".arrow", ".txt", ".tsv", ".zip", ".tar", ".gz")
 
 
-def training_model_card(model, args: TrainingArguments, results: dict, data: TrainingData):
+def hub_repo_id(source) -> str | None:
+    """``source`` if it names a Hub repository (``name`` or ``owner/name``, not a local path or
+    file name), else ``None``: card metadata names Hub repositories only."""
+    text = str(source or "")
+    parts = text.split("/")
+    if (not text or Path(text).exists() or text.lower().endswith(_DATA_FILE_SUFFIXES) or len(parts) > 2
+            or text.startswith((".", "~")) or not all(part and part[0].isalnum() for part in parts)):
+        return None
+    return text
+
+
+def _local_kind(source) -> str:
+    """How ``datasets`` reads a local source (its builder's name), for the card."""
+    path = Path(str(source))
+    if path.is_dir():
+        return "parquet" if any(path.glob("*.parquet")) else "imagefolder"
+    return {".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix, "local")
+
+
+def training_model_card(model, args: TrainingArguments, results: dict, data: TrainingData, run_facts: dict):
     """The model card saved with (and pushed with) the trained model: evaluation results in
-    the model-index, the recipe in the body, and snippets that load ``--hub_model_id`` or,
-    without one, the folder the model is saved in."""
+    the model-index (each with its number of items), the recipe in the body (backbone, locked
+    towers, rows, processes and global batch), and snippets that load ``--hub_model_id`` (or
+    a placeholder path: a card never holds the machine's local paths)."""
     metrics = {k: v for k, v in results.items() if isinstance(v, float)}
+    eval_id = hub_repo_id(data.eval_source)
+    dataset = {"dataset": eval_id} if eval_id else {"dataset": f"local {_local_kind(data.eval_source)} data",
+                                                    "dataset_type": _local_kind(data.eval_source)}
     records = []
     for task, is_task_metric in (("retrieval", lambda k: "R@" in k), ("probe", lambda k: k.endswith("_accuracy"))):
         chosen = {k: v for k, v in metrics.items() if is_task_metric(k)}
         if chosen:
-            records.append({"task": task, "data": str(data.eval_source), "split": data.eval_split, "metrics": chosen})
+            records.append({"task": task, **dataset, "split": data.eval_split, "metrics": chosen,
+                            "num_samples": len(data.eval)})
+    if args.clip_model:
+        backbone = f"{hub_repo_id(args.clip_model) or 'a local CLIP checkpoint'} (pretrained), fine-tuned"
+    else:
+        backbone = (f"a tiny CLIP trained from scratch (no pretrained weights): width {args.tiny_hidden_size}, "
+                    f"{args.tiny_num_layers} layer(s) per tower, {args.tiny_image_size} px images, tokenizer built "
+                    "from the training captions")
+    locks = [f"{m} tower" + (f" (last {getattr(args, f'lock_{m}_unlocked_layers')} layers trainable)"
+                             if getattr(args, f"lock_{m}_unlocked_layers") else "")
+             for m in ("image", "text") if getattr(args, f"lock_{m}")]
     summary = {
+        "backbone": backbone,
+        "locked": ", ".join(locks) or "nothing (every tower trained)",
+        "training rows": run_facts["train_rows"],
+        "evaluation rows": len(data.eval) if data.eval is not None else "none (no evaluation)",
         "steps": results["steps"],
+        "processes": run_facts["num_processes"],
+        "global batch": (f"{run_facts['global_batch']} ({args.per_device_train_batch_size} per process x "
+                         f"{run_facts['num_processes']} process(es) x {args.gradient_accumulation_steps} accumulation)"),
         "learning_rate": args.learning_rate,
-        "per_device_train_batch_size": args.per_device_train_batch_size,
         "mixed_precision": args.mixed_precision,
         "seed": args.seed,
     }
-    base_model = _hub_ids(args.clip_model)
+    if run_facts.get("rows_left_out_per_epoch"):
+        summary["rows left out per epoch"] = (f"{run_facts['rows_left_out_per_epoch']} (short of a full global batch; "
+                                              "a different random set each epoch)")
+    base_model = hub_repo_id(args.clip_model)
+    datasets = [name for name in (hub_repo_id(args.train_data), hub_repo_id(args.eval_data)) if name]
     return build_model_card(
         model,
         records,
-        base_model=base_model[0] if base_model else None,
-        datasets=_hub_ids(args.train_data, args.eval_data) or None,
+        base_model=base_model,
+        datasets=list(dict.fromkeys(datasets)) or None,
         training_summary=summary,
-        repo_id=args.hub_model_id or str((Path(args.output_dir) / "model").resolve()),
+        repo_id=args.hub_model_id or "path/to/model",
         model_name=args.hub_model_id.split("/")[-1] if args.hub_model_id else None,
         license=args.license,
     )

@@ -7,42 +7,73 @@ process when they divide evenly, else every process reads all rows and keeps its
 numbered (each row's ``_index`` seeds its augmentations, as in map-style training; here the
 numbers depend on the number of processes, as a stream has no global row positions).
 The first ``--streaming_sample_rows`` rows are read up front as a map-style sample: the tiny
-model's tokenizer, the label count and the linear probe's training features come from it.
+model's tokenizer and the linear probe's training features come from it. The label set cannot
+come from a sample (a class first seen later would crash the run): it is the label column's
+``ClassLabel``, or ``--label_names`` / ``--num_labels``, else the run stops before training.
+Rows whose label is outside it, or whose caption is empty, are skipped and counted, like
+undecodable images.
 Evaluation reads ``--eval_data`` (or the source's ``--eval_split``) in full.
 """
 
 from __future__ import annotations
 
-from io import BytesIO
 from typing import Any
 
 import datasets
 from datasets.distributed import split_dataset_by_node
-from PIL import Image
 
-from factorcl_hf.data.image_text import encode_labels, image_decodes
+from factorcl_hf.data.image_text import caption_problem, encode_labels, image_decodes, label_problem
 from training.splits import eval_split_of
 
 __all__ = ["streaming_data"]
 
 
-def _decodable_rows(stream, image_column: str, counter: dict):
-    """``stream`` without rows whose image fails to decode (``counter["count"]`` counts
-    them), its image column left undecoded: ``{"bytes", "path"}`` (see :func:`_opened`)."""
+def _usable_rows(stream, image_column: str, caption_column: str, label_column: str | None, label_ids, counter: dict):
+    """``stream`` without rows whose image fails to decode, whose caption is no text (the
+    checks a map-style split gets before training, here as rows arrive) or whose label is not
+    one of ``label_ids`` (a name -> id mapping, or a range of ids); ``counter`` counts each kind.
+    The image column is left undecoded (``{"bytes", "path"}``): the collator opens it with
+    :func:`~factorcl_hf.data.images.open_image`."""
     def keep(row) -> bool:
-        decodes = image_decodes(row[image_column])
-        counter["count"] += not decodes
-        return decodes
+        if not image_decodes(row[image_column]):
+            counter["count"] += 1
+            return False
+        if caption_problem(row[caption_column]):
+            counter["captions"] += 1
+            return False
+        if label_column is not None and _label_id(row[label_column], label_ids) is None:
+            counter["labels"] += 1
+            return False
+        return True
 
-    return stream.cast_column(image_column, datasets.Image(decode=False)).filter(keep)
+    stream = stream.cast_column(image_column, datasets.Image(decode=False)).filter(keep)
+    if label_column is not None and isinstance(label_ids, dict):
+        stream = stream.map(lambda row: {label_column: label_ids[row[label_column]]})
+    return stream
 
 
-def _opened(value):
-    """The PIL image of an undecoded ``datasets.Image`` value. (A stream cast back to a
-    decoding ``Image`` feature after the filter would still yield the raw values.)"""
-    image = Image.open(BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
-    image.load()
-    return image
+def _label_id(label, label_ids):
+    if isinstance(label_ids, dict):
+        return label_ids.get(label) if isinstance(label, str) else (label if label in label_ids.values() else None)
+    return None if label_problem(label) or isinstance(label, str) or label not in label_ids else int(label)
+
+
+def _label_set(args, features, label_column: str):
+    """``(label ids, class names)`` of a stream, known before training: the column's
+    ``ClassLabel``, ``--label_names`` or ``--num_labels``; else a ``ValueError`` naming them."""
+    feature = features[label_column] if features is not None and label_column in features else None
+    if args.label_names:
+        names = list(args.label_names)
+        return {name: i for i, name in enumerate(names)}, names
+    if isinstance(feature, datasets.ClassLabel):
+        return range(feature.num_classes), list(feature.names)
+    if args.num_labels:
+        return range(args.num_labels), None
+    raise ValueError(
+        f"with --streaming, the label set must be known before training, and column {label_column!r} "
+        "(`label_column`) is not a ClassLabel: give `--num_labels N` (integer ids 0..N-1) or `--label_names A B ...` "
+        "(a class first seen after the sample would otherwise stop the run)"
+    )
 
 
 def streaming_data(args, accelerator, data, eval_data, source, label_column) -> dict[str, Any]:
@@ -55,19 +86,23 @@ def streaming_data(args, accelerator, data, eval_data, source, label_column) -> 
     if isinstance(eval_set, datasets.IterableDataset):
         eval_set = datasets.Dataset.from_list(list(eval_set), features=eval_set.features)
     features = stream.features
-    if label_column is not None and features is not None and isinstance(features[label_column], datasets.Value) \
-            and features[label_column].dtype in ("string", "large_string"):
-        raise ValueError(f"with --streaming, `label_column` {label_column!r} must hold integers or a ClassLabel, "
-                         "not strings (a stream cannot be scanned for its class names)")
-    counter = {"count": 0}
-    stream = _decodable_rows(stream, args.image_column, counter)
-    sample = datasets.Dataset.from_list(list(stream.take(args.streaming_sample_rows)), features=features)
-    counter["count"] = 0  # count the rows training reads, not the sample's
+    label_ids, label_names = _label_set(args, features, label_column) if label_column is not None else (None, None)
+    counter = {"count": 0, "labels": 0, "captions": 0}
+    stream = _usable_rows(stream, args.image_column, args.caption_column, label_column, label_ids, counter)
+    sample_features = None
+    if features is not None:
+        sample_features = features.copy()
+        sample_features[args.image_column] = datasets.Image(decode=False)
+        if isinstance(label_ids, dict):
+            sample_features[label_column] = datasets.ClassLabel(names=label_names)
+    sample = datasets.Dataset.from_list(list(stream.take(args.streaming_sample_rows)), features=sample_features)
+    counter.update(count=0, labels=0, captions=0)  # count the rows training reads, not the sample's
     stream = stream.shuffle(seed=args.seed, buffer_size=args.streaming_shuffle_buffer)
-    rank, world, image = accelerator.process_index, accelerator.num_processes, args.image_column
+    rank, world = accelerator.process_index, accelerator.num_processes
     stream = split_dataset_by_node(stream, rank=rank, world_size=world)
     # A process counts only the rows it reads: interleaved, the counts stay distinct across processes.
-    stream = stream.map(lambda row, i: {"_index": i * world + rank, image: _opened(row[image])}, with_indices=True)
-    encoded, label_names = encode_labels({"train": sample, "eval": eval_set}, label_column)
+    stream = stream.map(lambda row, i: {"_index": i * world + rank}, with_indices=True)
+    encoded, names = encode_labels({"train": sample, "eval": eval_set}, label_column, names=label_names)
     return {"train": encoded["train"], "eval": encoded["eval"], "stream": stream, "stream_dropped": counter,
-            "eval_source": eval_source, "eval_split": eval_split, "label_names": label_names}
+            "eval_source": eval_source, "eval_split": eval_split, "label_names": names or label_names,
+            "num_labels": len(label_ids) if label_ids is not None else None}

@@ -8,16 +8,18 @@ the batch a row lands in, or whether a run was interrupted and resumed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import unicodedata
 from collections.abc import Sized
 from dataclasses import dataclass, field
-from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+
+from .images import UndecodableImageError, open_image
 
 logger = logging.getLogger(__name__)
 
@@ -30,48 +32,58 @@ SPLIT_COLUMN = "split"
 def load_image_text_dataset(
     source: str | os.PathLike,
     image_column: str = "image",
-    caption_column: str = "caption",
+    caption_column: str | None = "caption",
     label_column: str | None = None,
     split: str | None = None,
     streaming: bool = False,
+    allow_outside_paths: bool = False,
 ):
     """Load a dataset with image and caption columns (and optionally a label column).
 
     ``source`` is a local imagefolder directory (with ``metadata.jsonl``), a local
     ``.csv``/``.jsonl``/``.json``/``.parquet`` file whose image column holds paths (and
-    whose optional ``split`` column names each row's split), or a Hub dataset id. Returns a ``DatasetDict`` (or the ``split``) whose image column is decoded
-    to PIL images. Raises ``ValueError`` naming any missing column.
+    whose optional ``split`` column names each row's split), or a Hub dataset id. Returns a
+    ``DatasetDict`` (or the ``split``) whose image column is decoded to PIL images.
+
+    A local file's image paths are relative to the file's folder, and (as an imagefolder's
+    symlinks) must stay inside it: an absolute path, a ``..`` or a symlink leading out is an
+    error naming the row, unless ``allow_outside_paths``. Raises ``ValueError`` naming any
+    missing column, and the row of any empty caption or bad label (:func:`check_values`).
+    ``caption_column=None``: no caption is needed (e.g. zero-shot classification).
     """
     import datasets
 
     path = Path(source)
+    local = path.exists() or path.suffix in _LOCAL_FORMATS
     if path.is_dir() and any(path.glob("*.parquet")):
         # Parquet shards (e.g. `Dataset.to_parquet` output, images embedded): one split.
         shards = sorted(str(shard) for shard in path.glob("*.parquet"))
         loaded = datasets.load_dataset("parquet", data_files={"train": shards}, streaming=streaming)
     elif path.is_dir():
+        _check_imagefolder(path, allow_outside_paths)
         loaded = datasets.load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
     elif path.suffix in _LOCAL_FORMATS:
         if streaming:
             raise ValueError(f"streaming reads Parquet shards in a folder, an imagefolder or a Hub dataset; the local "
                              f"file {str(path)!r} loads whole (drop --streaming)")
-        if not path.exists():
-            raise ValueError(f"data file {str(path)!r} does not exist")
+        if not path.is_file():
+            raise ValueError(f"data file {str(path)!r} does not exist or is not a file")
         if path.stat().st_size == 0:
             raise ValueError(f"data file {str(path)!r} is empty: need at least 2 rows for contrastive training")
+        builder = _LOCAL_FORMATS[path.suffix]
+        # pandas reads the text "NA", "null", "nan"... as missing: a caption is text. Only an
+        # empty cell is missing.
+        options = {"keep_default_na": False, "na_values": [""]} if builder == "csv" else {}
         try:
-            loaded = datasets.load_dataset(_LOCAL_FORMATS[path.suffix], data_files=str(path))
+            loaded = datasets.load_dataset(builder, data_files=str(path), **options)
         except Exception as error:  # noqa: BLE001 - pandas/pyarrow/datasets each raise their own
             cause = error.__cause__ or error
             raise ValueError(
-                f"data file {str(path)!r} cannot be read as {_LOCAL_FORMATS[path.suffix]}: it is empty or malformed "
+                f"data file {str(path)!r} cannot be read as {builder}: it is empty or malformed "
                 f"({type(cause).__name__}: {cause})"
             ) from error
-        # Relative image paths are relative to the file, not to the working directory.
-        loaded = loaded.map(
-            lambda row: {image_column: str(path.parent / row[image_column]) if row.get(image_column) else None}
-        ).cast_column(image_column, datasets.Image())
-        loaded = split_by_column(loaded["train"], str(path))
+        loaded = _resolve_image_paths(loaded["train"], image_column, path, allow_outside_paths)
+        loaded = split_by_column(loaded, str(path))
     else:
         loaded = datasets.load_dataset(str(source), streaming=streaming)
     if split is not None:
@@ -79,9 +91,106 @@ def load_image_text_dataset(
             raise ValueError(f"`split` {split!r} not found in {str(source)!r}; available: {sorted(loaded)}")
         loaded = loaded[split]
     for name, part in loaded.items() if isinstance(loaded, dict) else [(split, loaded)]:
-        check_columns(part, image_column, caption_column, label_column, where=f"{source} [{name}]")
-        check_values(part, caption_column, label_column, where=f"{source} [{name}]")
+        where = f"{source} [{name}]"
+        check_columns(part, image_column, caption_column, label_column, where=where)
+        check_image_column(part, image_column, where=where)
+        if local and not allow_outside_paths and isinstance(part, datasets.Dataset):
+            # Also a Parquet file's image structs, whose paths _resolve_image_paths leaves alone.
+            _check_rows_inside(part, image_column, path if path.is_dir() else path.parent, where)
+        check_values(part, caption_column, label_column, where=where)
     return loaded
+
+
+def _outside(path: str, root: Path) -> bool:
+    """Whether ``path`` (symlinks resolved) lies outside ``root``, or is a URL."""
+    if "://" in path or path.startswith("::"):
+        return True
+    return not Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+
+
+_OUTSIDE_HINT = "pass --allow_outside_paths (allow_outside_paths=True) to read files outside the data folder"
+
+
+def _check_imagefolder(folder: Path, allow_outside_paths: bool) -> None:
+    """Before ``datasets`` reads an imagefolder: every ``metadata.jsonl`` line is a JSON
+    object (named by file and line otherwise), and no symlink leads out of ``folder``."""
+    for metadata in sorted(folder.rglob("metadata.jsonl")):
+        for number, line in enumerate(metadata.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as error:
+                raise ValueError(f"{metadata} line {number} is not a JSON object ({error}): {line[:80]!r}") from error
+            if not isinstance(row, dict):
+                raise ValueError(f"{metadata} line {number} is not a JSON object: {line[:80]!r}")
+    if allow_outside_paths:
+        return
+    for parent, folders, files in os.walk(folder):
+        for name in folders + files:
+            entry = os.path.join(parent, name)
+            if os.path.islink(entry) and _outside(entry, folder):
+                raise ValueError(f"{entry!r} is a symlink to {os.path.realpath(entry)!r}, outside the data folder "
+                                 f"{str(folder)!r}; {_OUTSIDE_HINT}")
+
+
+def _resolve_image_paths(table, image_column: str, data_file: Path, allow_outside_paths: bool):
+    """A local file's image column as images: each path relative to the file's folder, and
+    (unless ``allow_outside_paths``) inside it. Raises ``ValueError`` naming the row of an
+    empty cell, an outside path or a column that holds no paths."""
+    import datasets
+
+    if image_column not in table.column_names:
+        return table  # check_columns names it
+    feature = table.features[image_column]
+    if isinstance(feature, datasets.Image):
+        return table
+    if not _is_string_feature(feature):
+        raise ValueError(f"{data_file}: column {image_column!r} (`image_column`) holds {_feature_name(feature)}, "
+                         "not image paths")
+    base = data_file.parent
+    paths = []
+    for row, value in enumerate(table[image_column]):
+        if value is None or not str(value).strip():
+            raise ValueError(f"{data_file}: row {row} of column {image_column!r} (`image_column`) is empty "
+                             f"({value!r}): every row needs an image path")
+        resolved = os.path.join(base, value)
+        if not allow_outside_paths and _outside(resolved, base):
+            raise ValueError(f"{data_file}: row {row} of column {image_column!r} (`image_column`) is {value!r}, "
+                             f"outside the data file's folder {str(base)!r}; {_OUTSIDE_HINT}")
+        paths.append(resolved)
+    order = table.column_names
+    table = table.remove_columns(image_column).add_column(image_column, paths).select_columns(order)
+    return table.cast_column(image_column, datasets.Image())
+
+
+def _check_rows_inside(dataset, image_column: str, root: Path, where: str) -> None:
+    """Every image path of ``dataset`` (not its embedded bytes) lies inside ``root``."""
+    import datasets
+
+    raw = dataset.cast_column(image_column, datasets.Image(decode=False))
+    for row, value in enumerate(raw[image_column]):
+        path = (value or {}).get("path")
+        if path and not (value or {}).get("bytes") and _outside(path, root):
+            raise ValueError(f"{where}: row {row}'s image {path!r} is outside the data folder {str(root)!r}; "
+                             f"{_OUTSIDE_HINT}")
+
+
+def _feature_name(feature) -> str:
+    return getattr(feature, "dtype", None) or type(feature).__name__
+
+
+def check_image_column(dataset, image_column: str, where: str = "dataset") -> None:
+    """The image column holds images (or paths), not numbers: named otherwise."""
+    import datasets
+
+    features = getattr(dataset, "features", None)
+    if not features or image_column not in features:
+        return
+    feature = features[image_column]
+    if not isinstance(feature, datasets.Image) and not _is_string_feature(feature):
+        raise ValueError(f"{where}: column {image_column!r} (`image_column`) holds {_feature_name(feature)}, "
+                         "not images or image paths")
 
 
 def split_by_column(table, where: str = "data"):
@@ -101,12 +210,12 @@ def split_by_column(table, where: str = "data"):
     })
 
 
-def check_columns(dataset, image_column: str, caption_column: str, label_column: str | None, where: str = "dataset"):
+def check_columns(dataset, image_column: str, caption_column: str | None, label_column: str | None,
+                  where: str = "dataset"):
     """Raise ``ValueError`` naming each required column that ``dataset`` lacks, and reject an
     empty dataset."""
-    required = {"image_column": image_column, "caption_column": caption_column}
-    if label_column is not None:
-        required["label_column"] = label_column
+    required = {"image_column": image_column, "caption_column": caption_column, "label_column": label_column}
+    required = {argument: column for argument, column in required.items() if column is not None}
     for argument, column in required.items():
         # A stream of undeclared features names its columns only once read.
         if dataset.column_names is not None and column not in dataset.column_names:
@@ -117,23 +226,56 @@ def check_columns(dataset, image_column: str, caption_column: str, label_column:
         raise ValueError(f"{where} is empty: need at least 2 rows for contrastive training")
 
 
-def check_values(dataset, caption_column: str, label_column: str | None, where: str = "dataset"):
-    """Raise ``ValueError`` naming the column, row and value of the first empty caption, and
-    of the first label that is not a class id (a missing or NaN label, a fraction such as 0.7
-    that would otherwise be floored, a negative number, a string not encoded as a
-    ``ClassLabel``). String labels are class names, encoded later (:func:`encode_labels`).
-    A streamed dataset is not read here: its rows are checked as they arrive."""
+def check_values(dataset, caption_column: str | None, label_column: str | None, where: str = "dataset"):
+    """Raise ``ValueError`` naming the column, row and value of the first caption that is not
+    text (empty, only invisible characters, a number) and of the first label that is not a
+    class id (:func:`label_problem`). String labels are class names, encoded later
+    (:func:`encode_labels`). A streamed dataset is not read here: its rows are checked as they
+    arrive."""
     import datasets
 
     if not isinstance(dataset, datasets.Dataset):
         return
-    for row, caption in enumerate(dataset[caption_column]):
-        if caption is None or not str(caption).strip():
-            raise ValueError(f"{where}: row {row} of column {caption_column!r} (`caption_column`) is empty ({caption!r})")
-    if label_column is None:
-        return
-    for row, label in enumerate(dataset[label_column]):
-        problem = _label_problem(label)
+    if caption_column is not None:
+        for row, caption in enumerate(dataset[caption_column]):
+            problem = caption_problem(caption)
+            if problem:
+                raise ValueError(f"{where}: row {row} of column {caption_column!r} (`caption_column`) is {problem} "
+                                 f"({caption!r}); every row needs a text caption")
+    if label_column is not None:
+        check_labels(dataset[label_column], label_column, where)
+
+
+def caption_problem(caption) -> str | None:
+    """Why ``caption`` is no caption (``None`` when it is one): missing, not a string, or
+    nothing visible (whitespace and zero-width/format characters only)."""
+    if caption is None:
+        return "empty"
+    if not isinstance(caption, str):
+        return f"a {type(caption).__name__}, not text"
+    if all(char.isspace() or unicodedata.category(char) in ("Cf", "Cc", "Zs", "Zl", "Zp") for char in caption):
+        return "empty (whitespace or invisible characters only)"
+    return None
+
+
+# Integer class ids above this many per row (and above LABEL_ID_FLOOR) are not dense ids: a
+# label of 10^9 would otherwise make a billion-entry label table.
+LABEL_IDS_PER_ROW = 10
+LABEL_ID_FLOOR = 10_000
+
+
+def check_labels(labels, label_column: str, where: str = "labels", num_labels: int | None = None) -> None:
+    """The one label validation (training, evaluation, streaming): raise ``ValueError``
+    naming the column, row and value of the first label that is not a class id, and of an
+    integer id too large for the rows (or for ``num_labels``, when given)."""
+    labels = list(labels)
+    bound = num_labels if num_labels is not None else max(LABEL_ID_FLOOR, LABEL_IDS_PER_ROW * len(labels))
+    for row, label in enumerate(labels):
+        problem = label_problem(label)
+        if problem is None and not isinstance(label, str) and label >= bound:
+            problem = (f"not below num_labels={num_labels}" if num_labels is not None else
+                       f"a class id above {bound - 1} (at most {LABEL_IDS_PER_ROW} ids per row): sparse ids "
+                       "would make a label table that large. Number the classes 0..K-1, or use class-name strings")
         if problem:
             raise ValueError(
                 f"{where}: row {row} of column {label_column!r} (`label_column`) is {label!r}, {problem}. Labels must "
@@ -141,7 +283,16 @@ def check_values(dataset, caption_column: str, label_column: str | None, where: 
             )
 
 
-def _label_problem(label) -> str | None:
+def check_label_classes(labels, label_column: str, where: str = "labels") -> None:
+    """At least two classes: a linear probe (and supervised contrast) needs them."""
+    found = set(labels)
+    if len(found) < 2:
+        raise ValueError(f"{where}: column {label_column!r} (`label_column`) holds a single class "
+                         f"({sorted(found, key=str)[:1]}); the linear probe and supervised objectives need two at "
+                         "least")
+
+
+def label_problem(label) -> str | None:
     if label is None or (isinstance(label, float) and label != label):
         return "a missing label"
     if isinstance(label, str):
@@ -164,29 +315,32 @@ def _is_string_feature(feature) -> bool:
     return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
 
 
-def encode_labels(splits: dict[str, Any], label_column: str | None) -> tuple[dict[str, Any], list[str] | None]:
+def encode_labels(splits: dict[str, Any], label_column: str | None,
+                  names: list[str] | None = None) -> tuple[dict[str, Any], list[str] | None]:
     """Labels as class ids in every split, and the class names (``None`` for bare integers).
 
     A ``datasets.ClassLabel`` column keeps its names; string labels become a ``ClassLabel``
-    of their sorted distinct values over all splits, so a class has the same id in each.
-    ``None`` entries of ``splits`` pass through. Raises ``ValueError`` naming the column and
-    split for a missing label, or a label string that the ClassLabel names lack.
+    of ``names`` (``--label_names``) or else of their sorted distinct values over all splits,
+    so a class has the same id in each. ``None`` entries of ``splits`` pass through. Raises
+    ``ValueError`` naming the column and split for a missing label, or a label string that
+    the class names lack.
     """
     import datasets
 
     parts = {name: part for name, part in splits.items() if part is not None}
     if label_column is None or not parts:
-        return splits, None
+        return splits, names
     features = {name: part.features[label_column] for name, part in parts.items()}
     class_labels = [f for f in features.values() if isinstance(f, datasets.ClassLabel)]
     strings = [name for name, f in features.items() if _is_string_feature(f)]
     if not class_labels and not strings:
-        return splits, None
+        return splits, names
     values = {name: set(parts[name].unique(label_column)) for name in strings}
     for name, found in values.items():
         if None in found:
             raise ValueError(f"column {label_column!r} (`label_column`) of split {name!r} has empty labels")
-    names = list(class_labels[0].names) if class_labels else sorted(set().union(*values.values()))
+    if names is None:
+        names = list(class_labels[0].names) if class_labels else sorted(set().union(*values.values()))
     for name, found in values.items():
         unknown = sorted(found - set(names))
         if unknown:
@@ -199,20 +353,19 @@ def encode_labels(splits: dict[str, Any], label_column: str | None) -> tuple[dic
 
 
 def image_decodes(value) -> bool:
-    """Whether an undecoded ``datasets.Image`` value (``{"bytes", "path"}``) opens as an image."""
-    if value is None:
-        return False
+    """Whether an image value (``{"bytes", "path"}``, a path or a PIL image) opens as an
+    image (:func:`~factorcl_hf.data.images.open_image`)."""
     try:
-        source = BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-        with Image.open(source) as image:
-            image.load()
+        open_image(value)
         return True
-    except Exception:  # noqa: BLE001 - any decoding failure means "skip this row"
+    except UndecodableImageError:
         return False
 
 
 def drop_undecodable_images(dataset, image_column: str = "image"):
-    """Drop rows whose image fails to decode; returns ``(dataset, number_dropped)``.
+    """Drop rows whose image fails to decode; returns ``(dataset, number_dropped)``. The
+    image column is left undecoded (``{"bytes", "path"}``): its users open it with
+    :func:`~factorcl_hf.data.images.open_image`, as the check did.
 
     Decision: skip with a warning count rather than fail a long run on one bad file; the
     count is logged and reported in the training results.
@@ -220,11 +373,11 @@ def drop_undecodable_images(dataset, image_column: str = "image"):
     import datasets
 
     raw = dataset.cast_column(image_column, datasets.Image(decode=False))
-    keep = raw.filter(lambda row: image_decodes(row[image_column]))
+    keep = raw.filter(lambda value: image_decodes(value), input_columns=image_column)
     dropped = len(dataset) - len(keep)
     if dropped:
         logger.warning("Skipped %d of %d rows whose %r failed to decode", dropped, len(dataset), image_column)
-    return keep.cast_column(image_column, datasets.Image()), dropped
+    return keep, dropped
 
 
 class IndexedDataset(torch.utils.data.Dataset):
@@ -279,7 +432,7 @@ class ImageTextCollator:
         return {"pixel_values": pixels, "input_ids": text["input_ids"], "attention_mask": text["attention_mask"]}
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        images = [row[self.image_column].convert("RGB") for row in rows]
+        images = [open_image(row[self.image_column]) for row in rows]
         captions = [str(row[self.caption_column]) for row in rows]
         batch = self._encode(images, captions)
         # Which rows this batch holds (the training loop pops it before the model call).

@@ -8,9 +8,12 @@ NCE-CLUB estimates of the label information in the shared and unique embeddings)
 IRFL task CSVs ``irfl_mc`` (multiple choice) and ``irfl_type`` (figurative-type probe).
 
 ``--data`` is an imagefolder directory (images + ``metadata.jsonl``, read with
-``datasets.load_dataset("imagefolder")``), or CSV / JSON Lines files whose image column holds
-paths relative to the file; for the IRFL tasks, IRFL task CSVs. Results are printed as a
-table and written as JSON (the record ``factorcl_hf.hub.build_model_card`` accepts).
+``datasets.load_dataset("imagefolder")``), or CSV / JSON Lines / Parquet files whose image
+column holds paths relative to the file; for the IRFL tasks, IRFL task CSVs. The data is read
+as training reads it (``factorcl_hf.data.image_text.load_image_text_dataset``): image paths
+stay inside the data's folder (``--allow-outside-paths`` lifts that), labels and captions are
+validated the same way, and images that fail to decode are skipped and counted. Results are
+printed as a table and written as JSON (the record ``factorcl_hf.hub.build_model_card`` accepts).
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoProcessor
 
-from ..data.image_text import split_by_column
+from ..cli import usage_errors
+from ..data.image_text import drop_undecodable_images, load_image_text_dataset
 from ..hub import class_names
 from ..integrity import check_model_path
+from ..modeling_factorcl import FactorCLModel
 from ..progress import hide_library_progress_bars
 from . import information, irfl, retrieval, zero_shot
 from .embed import EMBEDDING_TYPES, available_embeddings, embed_pairs
@@ -36,6 +41,9 @@ from .probe import linear_probe_accuracy
 TASKS = ("retrieval", "zero_shot", "irfl_mc", "irfl_type", "probe", "information")
 # Tasks that read several embeddings at once; the others score one embedding.
 MULTI_EMBEDDING_TASKS = ("probe", "irfl_type", "information")
+# The columns each image+caption task reads besides the images.
+TASK_COLUMNS = {"retrieval": ("caption",), "zero_shot": ("label",), "probe": ("caption", "label"),
+                "information": ("caption", "label")}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None, help="e.g. cuda, cpu (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--allow-outside-paths", action="store_true",
+                        help="let the data's image paths (absolute, `..`, symlinks) lead outside its folder")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     return parser
 
 
@@ -83,45 +94,38 @@ def _is_string(feature) -> bool:
     return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
 
 
-def _load_dataset_dict(data: list[str], image_column: str):
-    """A ``DatasetDict`` from an imagefolder directory or CSV/JSONL files (image paths resolved)."""
+def _load_dataset_dict(args):
+    """The ``--data`` of an image+caption task, as training reads it: each source through
+    :func:`~factorcl_hf.data.image_text.load_image_text_dataset` with the columns the task
+    reads (named when missing; captions and labels validated), the splits of several files
+    concatenated."""
     import datasets
 
-    if len(data) == 1 and Path(data[0]).is_dir():
-        return datasets.load_dataset("imagefolder", data_dir=data[0])
-    suffixes = {Path(path).suffix.lower() for path in data}
-    for path in data:
-        if not Path(path).is_file():
-            raise ValueError(f"`--data` {path!r} is neither an imagefolder directory nor a file")
-    if suffixes <= {".csv"}:
-        builder = "csv"
-    elif suffixes <= {".jsonl", ".json"}:
-        builder = "json"
-    else:
-        raise ValueError(f"`--data` files must all be .csv or all .jsonl/.json, got {sorted(suffixes)}")
-    # Files are read one by one so that relative image paths resolve against their own folder.
-    parts = []
-    for path in data:
-        part = datasets.load_dataset(builder, data_files=str(path), split="train")
-        if image_column in part.column_names and _is_string(part.features[image_column]):
-            base = Path(path).resolve().parent
-            part = part.map(lambda row: {image_column: str(base / row[image_column])})
-            part = part.cast_column(image_column, datasets.Image())
-        parts.append(part)
-    # Together they form one split, unless a `split` column names each row's (as for training).
-    return split_by_column(datasets.concatenate_datasets(parts), ", ".join(data))
+    needs = TASK_COLUMNS[args.task]
+    columns = dict(image_column=args.image_column,
+                   caption_column=args.caption_column if "caption" in needs else None,
+                   label_column=args.label_column if "label" in needs else None)
+    parts = [load_image_text_dataset(path, **columns, allow_outside_paths=args.allow_outside_paths)
+             for path in args.data]
+    names = list(dict.fromkeys(name for part in parts for name in part))
+    return datasets.DatasetDict({
+        name: datasets.concatenate_datasets([part[name] for part in parts if name in part]) for name in names
+    })
 
 
 def _select_splits(dataset_dict, args, needs_train: bool):
-    """(eval split, train split or None, eval split name)."""
+    """``(eval split, train split or None, eval split name, images skipped)``: the splits the
+    task reads, their undecodable images dropped (and counted)."""
     names = list(dataset_dict)
     eval_name = args.split or ("test" if "test" in names else names[0] if len(names) == 1 else None)
     if eval_name not in names:
         raise ValueError(f"`--split` {eval_name!r} not in the data's splits {names}; choose one with --split")
-    eval_split, train_split = dataset_dict[eval_name], None
+    eval_split, skipped = drop_undecodable_images(dataset_dict[eval_name], args.image_column)
+    train_split = None
     if needs_train:
         if args.train_split in names and args.train_split != eval_name:
-            train_split = dataset_dict[args.train_split]
+            train_split, dropped = drop_undecodable_images(dataset_dict[args.train_split], args.image_column)
+            skipped += dropped
         else:
             parts = eval_split.train_test_split(test_size=args.test_fraction, seed=args.seed)
             train_split, eval_split = parts["train"], parts["test"]
@@ -129,20 +133,12 @@ def _select_splits(dataset_dict, args, needs_train: bool):
         eval_split = eval_split.select(range(min(args.max_samples, len(eval_split))))
         if train_split is not None:
             train_split = train_split.select(range(min(args.max_samples, len(train_split))))
-    return eval_split, train_split, eval_name
-
-
-def _check_columns(split, columns: list[str]) -> None:
-    missing = [column for column in columns if column not in split.column_names]
-    if missing:
-        raise ValueError(
-            f"the data has no column(s) {missing} (columns: {split.column_names}); "
-            "set --image-column / --caption-column / --label-column"
-        )
+    return eval_split, train_split, eval_name, skipped
 
 
 def _label_ids(split, column: str, class_names: list[str] | None) -> tuple[list[int], list[str] | None]:
-    """Integer label ids and class names (from ClassLabel, string values, or --class-names)."""
+    """Integer label ids and class names (from ClassLabel, string values, or --class-names).
+    The loader has validated the labels (``check_labels``): a number here is a class id."""
     import datasets
 
     feature = split.features[column]
@@ -191,19 +187,17 @@ def _run_task(args, model, processor) -> tuple[dict[str, float], dict[str, Any]]
         )
         return metrics, extra
 
-    dataset = _load_dataset_dict(args.data, args.image_column)
-    eval_split, train_split, split_name = _select_splits(dataset, args, needs_train=multi)
-    extra: dict[str, Any] = {"split": split_name, "num_samples": len(eval_split)}
+    dataset = _load_dataset_dict(args)
+    eval_split, train_split, split_name, skipped = _select_splits(dataset, args, needs_train=multi)
+    extra: dict[str, Any] = {"split": split_name, "num_samples": len(eval_split), "skipped_undecodable_images": skipped}
 
     if args.task == "retrieval":
-        _check_columns(eval_split, [args.image_column, args.caption_column])
         metrics = retrieval.evaluate_retrieval(
             model, processor, eval_split[args.image_column], eval_split[args.caption_column], embedding, **embed_kwargs
         )
         return metrics, {**extra, "embedding": embedding}
 
     if args.task == "zero_shot":
-        _check_columns(eval_split, [args.image_column, args.label_column])
         labels, class_names = _label_ids(eval_split, args.label_column, args.class_names)
         class_names = class_names or _config_names(model, args.label_column)
         metrics = zero_shot.evaluate_zero_shot(
@@ -212,9 +206,6 @@ def _run_task(args, model, processor) -> tuple[dict[str, float], dict[str, Any]]
         )
         return metrics, {**extra, "embedding": embedding, "class_names": class_names}
 
-    columns = [args.image_column, args.caption_column, args.label_column]
-    for split in (train_split, eval_split):
-        _check_columns(split, columns)
     labels = {name: _label_ids(split, args.label_column, args.class_names)[0]
               for name, split in (("train", train_split), ("test", eval_split))}
     if args.task == "probe":
@@ -257,6 +248,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     """Parse ``argv``, evaluate, print the table, write ``--out``; returns the results record."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.task.startswith("irfl") and args.allow_outside_paths:
+        parser.error("--allow-outside-paths applies to image+caption data, not to the IRFL tasks (--image-root)")
     if args.out and Path(args.out).is_dir():
         # Checked before the model loads and the evaluation runs, not when the results are written.
         parser.error(f"--out {args.out!r} is a directory; give a file path such as {os.path.join(args.out, 'results.json')!r}")
@@ -265,7 +258,8 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
     hide_library_progress_bars(keep_downloads=not args.no_progress)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     check_model_path(args.model)
-    model = AutoModel.from_pretrained(args.model).to(args.device).eval()
+    # FactorCLModel, not AutoModel: another model type is refused, not loaded as that type.
+    model = FactorCLModel.from_pretrained(args.model).to(args.device).eval()
     processor = AutoProcessor.from_pretrained(args.model)
     try:
         metrics, extra = _run_task(args, model, processor)
@@ -288,9 +282,12 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point (``factorcl-evaluate``): exit status 0 on success."""
-    run(argv)
-    return 0
+    """Console entry point (``factorcl-evaluate``): exit status 0 on success, 2 with one line
+    for a bad option, model or data (``--debug`` shows the traceback)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with usage_errors("factorcl-evaluate", debug="--debug" in argv) as outcome:
+        run(argv)
+    return outcome.status
 
 
 if __name__ == "__main__":

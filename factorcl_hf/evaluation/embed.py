@@ -15,13 +15,13 @@ device placement and the meaning of an embedding name:
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
+
+from ..data.images import UndecodableImageError, open_image
 
 __all__ = [
     "EMBEDDING_TYPES",
@@ -70,15 +70,11 @@ def _check_embedding_names(embeddings: Sequence[str]) -> tuple[str, ...]:
 
 
 def load_image(image: Any):
-    """A PIL RGB image from a PIL image or a path to an image file."""
-    if isinstance(image, Image.Image):
-        return image.convert("RGB") if image.mode != "RGB" else image
-    if isinstance(image, (str, os.PathLike)):
-        if not os.path.isfile(image):
-            raise ValueError(f"image file {os.fspath(image)!r} does not exist")
-        with Image.open(image) as opened:
-            return opened.convert("RGB")
-    raise ValueError(f"each image must be a PIL.Image or a path to an image file, got {type(image).__name__}")
+    """A PIL RGB image from a PIL image, a path to an image file or a ``datasets`` image value
+    (``{"bytes", "path"}``): :func:`factorcl_hf.data.images.open_image`, the package's one way
+    to open an image (regular files only, EXIF orientation applied, 16-bit scaled, bombs
+    refused). Raises :class:`~factorcl_hf.data.images.UndecodableImageError` (a ``ValueError``)."""
+    return open_image(image)
 
 
 def select_embedding(model, outputs, name: str) -> torch.Tensor:
@@ -216,7 +212,7 @@ def embed_image_files(
             for index in range(start, min(start + batch_size, len(images))):
                 try:
                     loaded.append(load_image(images[index]))
-                except (OSError, ValueError, UnidentifiedImageError):  # unreadable, truncated or missing
+                except UndecodableImageError:  # unreadable, truncated, missing, not a file, a bomb
                     continue
                 kept.append(index)
             if loaded:

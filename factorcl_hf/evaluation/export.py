@@ -9,30 +9,44 @@ with their ids, and a search over them. A retrieval app needs nothing else.
 Parquet output: one row per embedded item, columns ``id`` (the image's path relative to
 ``--images``, the text's line number, or the dataset's ``--id-column`` / row index),
 ``modality`` (``image`` / ``text``), ``text`` (texts only) and one float32 list column per
-``--embedding`` (names of :data:`~factorcl_hf.evaluation.embed.EMBEDDING_TYPES`). With a
-``.npy`` ``--out``, ``STEM.MODALITY.EMBEDDING.npy`` arrays and ``STEM.MODALITY.ids.json``.
-Images that fail to decode are skipped and counted. ``--faiss`` also writes a FAISS
-inner-product index of the normalised ``pooler`` embeddings (``pip install faiss-cpu``).
+``--embedding`` (names of :data:`~factorcl_hf.evaluation.embed.EMBEDDING_TYPES`); the file's
+metadata records the model that wrote it (``factorcl`` key: its name, a fingerprint of its
+weights and the embeddings' widths), which ``factorcl-search`` checks. With a ``.npy``
+``--out``, ``STEM.MODALITY.EMBEDDING.npy`` arrays, ``STEM.MODALITY.ids.json`` and
+``STEM.model.json`` (the same record). Files appear only once complete. Images that fail to
+decode are skipped and counted; images are read only inside ``--images`` / the data's folder
+(``--allow-outside-paths`` lifts that). ``--faiss`` also writes a FAISS inner-product index
+of the normalised ``pooler`` embeddings (``pip install faiss-cpu``; checked before any work).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import logging
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModel, AutoProcessor
+from transformers import AutoProcessor
 
+from ..cli import usage_errors
 from ..data.image_text import drop_undecodable_images, load_image_text_dataset
+from ..modeling_factorcl import FactorCLModel
 from ..progress import hide_library_progress_bars
 from .embed import EMBEDDING_TYPES, embed_image_files, extract_embeddings, load_image
 from .retrieval import score_matrix
 
+logger = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+# The key of the model record in a Parquet index's metadata.
+INDEX_METADATA_KEY = b"factorcl"
 
 
 def build_embed_parser() -> argparse.ArgumentParser:
@@ -51,18 +65,33 @@ def build_embed_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=None, help="e.g. cuda, cpu (default: cuda if available)")
     parser.add_argument("--faiss", action="store_true", help="also write OUT.faiss (needs faiss-cpu)")
+    parser.add_argument("--allow-outside-paths", action="store_true",
+                        help="let symlinks in --images and the --data's image paths lead outside their folder")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     return parser
 
 
 # --------------------------------------------------------------------------- inputs
-def _image_files(folder: Path) -> list[Path]:
+def _image_files(folder: Path, allow_outside_paths: bool = False) -> list[Path]:
+    """The image files under ``folder`` (not following folder symlinks); a symlink out of it
+    is refused unless ``allow_outside_paths``."""
     if not folder.is_dir():
         raise ValueError(f"`--images` {str(folder)!r} is not a folder")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    root = os.path.realpath(folder)
+    paths = []
+    for parent, _, files in os.walk(folder):
+        for name in files:
+            path = Path(parent) / name
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if not allow_outside_paths and not Path(os.path.realpath(path)).is_relative_to(root):
+                raise ValueError(f"`--images`: {str(path)!r} is a symlink to {os.path.realpath(path)!r}, outside "
+                                 f"{str(folder)!r}; pass --allow-outside-paths to read it")
+            paths.append(path)
     if not paths:
         raise ValueError(f"`--images` {str(folder)!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return paths
+    return sorted(paths)
 
 
 def _read_texts(path: Path) -> list[str]:
@@ -76,7 +105,8 @@ def _read_texts(path: Path) -> list[str]:
 
 def _dataset_split(args):
     """The ``--data`` split, its image column checked for undecodable images."""
-    data = load_image_text_dataset(args.data, args.image_column, args.caption_column)
+    data = load_image_text_dataset(args.data, args.image_column, args.caption_column,
+                                   allow_outside_paths=args.allow_outside_paths)
     names = sorted(data)
     name = args.split or ("test" if "test" in data else names[0] if len(names) == 1 else None)
     if name not in data:
@@ -84,10 +114,10 @@ def _dataset_split(args):
     split = data[name]
     if args.id_column is not None and args.id_column not in split.column_names:
         raise ValueError(f"`--id-column` {args.id_column!r} not in the data; columns: {split.column_names}")
-    ids = split[args.id_column] if args.id_column else list(range(len(split)))
+    ids = split[args.id_column] if args.id_column else range(len(split))
     split = split.add_column("_factorcl_id", [str(i) for i in ids])
-    kept, _ = drop_undecodable_images(split, args.image_column)
-    return kept
+    kept, skipped = drop_undecodable_images(split, args.image_column)
+    return kept, skipped
 
 
 # --------------------------------------------------------------------------- embedding
@@ -97,42 +127,78 @@ def embed_sources(args, model, processor) -> list[dict[str, Any]]:
     parts = []
     if args.images:
         folder = Path(args.images)
-        paths = _image_files(folder)
+        paths = _image_files(folder, args.allow_outside_paths)
         embeddings, kept = embed_image_files(model, processor, paths, args.embedding, **kwargs)
         parts.append({"modality": "image", "ids": [paths[i].relative_to(folder).as_posix() for i in kept],
-                      "texts": None, "embeddings": embeddings})
+                      "texts": None, "embeddings": embeddings, "skipped": len(paths) - len(kept)})
     elif args.texts:
         texts = _read_texts(Path(args.texts))
         embeddings = extract_embeddings(model, processor, texts, "text", args.embedding, **kwargs)
         parts.append({"modality": "text", "ids": [str(i) for i in range(len(texts))], "texts": texts,
                       "embeddings": embeddings})
     else:
-        split = _dataset_split(args)
-        ids, captions = split["_factorcl_id"], [str(c) for c in split[args.caption_column]]
+        split, skipped = _dataset_split(args)
+        # Plain lists: a datasets Column is no JSON (the ids of a .npy --out).
+        ids, captions = list(split["_factorcl_id"]), [str(c) for c in split[args.caption_column]]
         images = extract_embeddings(model, processor, split[args.image_column], "image", args.embedding, **kwargs)
         texts = extract_embeddings(model, processor, captions, "text", args.embedding, **kwargs)
-        parts.append({"modality": "image", "ids": ids, "texts": None, "embeddings": images})
+        parts.append({"modality": "image", "ids": ids, "texts": None, "embeddings": images, "skipped": skipped})
         parts.append({"modality": "text", "ids": ids, "texts": captions, "embeddings": texts})
     return parts
 
 
-def write_embeddings(parts: list[dict[str, Any]], out: Path, names: list[str]) -> list[Path]:
-    """Write ``parts`` as one Parquet table or as ``.npy`` arrays with JSON ids; returns the files."""
+def model_identity(name: str, model) -> dict[str, Any]:
+    """What an index records of the model that wrote it: the name it was loaded by, a SHA-256
+    of its weights (names, shapes, dtypes and bytes of every tensor) and its objective."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        values = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(values.view(torch.uint8).numpy().tobytes())
+    objective = getattr(model.config, "objective", None)
+    return {"model": str(name), "fingerprint": digest.hexdigest(), "objective": objective}
+
+
+def _staged(path: Path) -> Path:
+    """Where ``path`` is written before it is complete (renamed into place only then)."""
+    return path.with_name(f".{path.name}.partial")
+
+
+def write_embeddings(parts: list[dict[str, Any]], out: Path, names: list[str],
+                     identity: dict | None = None) -> list[Path]:
+    """Write ``parts`` as one Parquet table or as ``.npy`` arrays with JSON ids (and the model
+    ``identity``); returns the files. Each file is written under a staging name and renamed
+    once all are written: a failure leaves no partial output."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix == ".npy":
-        written = []
-        for part in parts:
+    identity = {**(identity or {}), "embeddings": {name: int(parts[0]["embeddings"][name].shape[1]) for name in names}}
+    staged: dict[Path, Path] = {}
+
+    def stage(path: Path) -> Path:
+        staged[path] = _staged(path)
+        return staged[path]
+
+    try:
+        if out.suffix == ".npy":
             stem = out.with_suffix("")
-            for name in names:
-                path = Path(f"{stem}.{part['modality']}.{name}.npy")
-                np.save(path, part["embeddings"][name].numpy().astype(np.float32))
-                written.append(path)
-            ids_path = Path(f"{stem}.{part['modality']}.ids.json")
-            ids_path.write_text(json.dumps(part["ids"]))
-            written.append(ids_path)
-        return written
-    if out.suffix != ".parquet":
-        raise ValueError(f"`--out` must end in .parquet or .npy, got {str(out)!r}")
+            for part in parts:
+                for name in names:
+                    with open(stage(Path(f"{stem}.{part['modality']}.{name}.npy")), "wb") as handle:
+                        np.save(handle, part["embeddings"][name].numpy().astype(np.float32))
+                stage(Path(f"{stem}.{part['modality']}.ids.json")).write_text(json.dumps(list(part["ids"])))
+            stage(Path(f"{stem}.model.json")).write_text(json.dumps(identity))
+        elif out.suffix == ".parquet":
+            _write_parquet(parts, names, identity, stage(out))
+        else:
+            raise ValueError(f"`--out` must end in .parquet or .npy, got {str(out)!r}")
+        for final, partial in staged.items():
+            os.replace(partial, final)
+    finally:
+        for partial in staged.values():
+            partial.unlink(missing_ok=True)
+    return list(staged)
+
+
+def _write_parquet(parts: list[dict[str, Any]], names: list[str], identity: dict, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -146,34 +212,62 @@ def write_embeddings(parts: list[dict[str, Any]], out: Path, names: list[str]) -
             columns[name] += list(part["embeddings"][name].numpy().astype(np.float32))
     table = pa.table({key: pa.array(values, type=pa.list_(pa.float32())) if key in names else pa.array(values, pa.string())
                       for key, values in columns.items()})
-    pq.write_table(table, out)
-    return [out]
+    table = table.replace_schema_metadata({INDEX_METADATA_KEY: json.dumps(identity)})
+    pq.write_table(table, path)
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as error:
+        raise ValueError("`--faiss` needs the faiss package: pip install faiss-cpu (or factorcl-hf[faiss])") from error
+    return faiss
 
 
 def write_faiss_index(parts: list[dict[str, Any]], out: Path) -> Path:
     """A FAISS inner-product index of the L2-normalised ``pooler`` embeddings (cosine search),
     rows in the order of the Parquet table."""
-    try:
-        import faiss
-    except ImportError as error:
-        raise ValueError("`--faiss` needs the faiss package: pip install faiss-cpu (or factorcl-hf[faiss])") from error
-
+    faiss = _faiss()
     vectors = F.normalize(torch.cat([part["embeddings"]["pooler"] for part in parts]), dim=-1).numpy()
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
     path = out.with_suffix(".faiss")
-    faiss.write_index(index, str(path))
+    staged = _staged(path)
+    try:
+        faiss.write_index(index, str(staged))
+        os.replace(staged, path)
+    finally:
+        staged.unlink(missing_ok=True)
     return path
 
 
 def _load_model(name: str, device: str | None):
+    """The saved FactorCL model ``name`` (folder or Hub id), its processor and the device.
+    ``FactorCLModel.from_pretrained``, not ``AutoModel``: any other model type is refused with
+    the folder's checks (checksums, config sizes, missing tensors) instead of loading as that type."""
     hide_library_progress_bars(keep_downloads=True)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return AutoModel.from_pretrained(name).to(device).eval(), AutoProcessor.from_pretrained(name), device
+    return FactorCLModel.from_pretrained(name).to(device).eval(), AutoProcessor.from_pretrained(name), device
+
+
+def _check_out(out: Path) -> None:
+    """``--out`` can take the files, checked before any work: not a folder, in a folder that
+    exists or can be made, writable."""
+    if out.suffix not in (".parquet", ".npy"):
+        raise ValueError(f"`--out` must end in .parquet or .npy, got {str(out)!r}")
+    if out.is_dir():
+        raise ValueError(f"`--out` {str(out)!r} is a folder; give a file such as {str(out / 'embeddings.parquet')!r}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"`--out` {str(out)!r}: its folder cannot be created ({error})") from error
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"`--out` {str(out)!r}: its folder is not writable")
 
 
 def run_embed(argv: list[str] | None = None) -> list[Path]:
-    """``factorcl-embed``: parse, embed, write; returns the files written."""
+    """``factorcl-embed``: parse, check, embed, write; returns the files written. Everything
+    checkable (options, ``--out``, faiss) is checked before the model loads."""
     parser = build_embed_parser()
     args = parser.parse_args(argv)
     if args.batch_size < 1:
@@ -181,53 +275,92 @@ def run_embed(argv: list[str] | None = None) -> list[Path]:
     if args.faiss and "pooler" not in args.embedding:
         parser.error("--faiss indexes the pooler embedding: include it in --embedding")
     out = Path(args.out)
-    if out.suffix not in (".parquet", ".npy"):
-        parser.error(f"--out must end in .parquet or .npy, got {args.out!r}")
+    try:
+        _check_out(out)
+        if args.faiss:
+            _faiss()
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     model, processor, args.device = _load_model(args.model, args.device)
     try:
         parts = embed_sources(args, model, processor)
-        written = write_embeddings(parts, out, args.embedding)
+        written = write_embeddings(parts, out, args.embedding, model_identity(args.model, model))
         if args.faiss:
             written.append(write_faiss_index(parts, out))
     except ValueError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     rows = sum(len(part["ids"]) for part in parts)
-    print(f"wrote {rows} embeddings ({', '.join(args.embedding)}) to {', '.join(map(str, written))}")
+    skipped = sum(part.get("skipped", 0) for part in parts)
+    skipped_note = f"; skipped {skipped} image(s) that failed to decode" if skipped else ""
+    print(f"wrote {rows} embeddings ({', '.join(args.embedding)}) to {', '.join(map(str, written))}{skipped_note}")
     return written
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point (``factorcl-embed``): exit status 0 on success."""
-    run_embed(argv)
-    return 0
+    """Console entry point (``factorcl-embed``): exit status 0 on success, 2 with one line for
+    a bad option, model or input (``--debug`` shows the traceback)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with usage_errors("factorcl-embed", debug="--debug" in argv) as outcome:
+        run_embed(argv)
+    return outcome.status
 
 
 # --------------------------------------------------------------------------- search
 def build_search_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factorcl-search", description="Query `factorcl-embed` output by text or image.")
     parser.add_argument("--index", required=True, help="a .parquet file written by factorcl-embed (with `pooler`)")
-    parser.add_argument("--model", required=True, help="the model that wrote it (scores with its alignment critic)")
+    parser.add_argument("--model", required=True, help="the model that wrote it (scores with its alignment critic); "
+                        "another model is refused")
     query = parser.add_mutually_exclusive_group(required=True)
     query.add_argument("--query", help="text query")
     query.add_argument("--query-image", help="image file query")
     parser.add_argument("--top-k", type=int, default=5)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of errors")
     return parser
 
 
 def _stored_rows(path: Path, modality: str):
-    """``(ids, their modality, [n, d] pooler embeddings)`` of the stored rows of ``modality``,
-    or of the other modality when the table holds only that."""
+    """``(ids, modalities, [n, d] pooler embeddings, model record)`` of the stored rows of
+    ``modality``, or of the other modality when the table holds only that. Rows whose vector
+    is not finite are left out (counted in a warning): they would score NaN, which sorts first."""
     import pyarrow.parquet as pq
 
     if not path.is_file():
         raise ValueError(f"`--index` {str(path)!r} does not exist")
-    table = pq.read_table(path).to_pydict()
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises several types for a file that is no Parquet
+        raise ValueError(f"`--index` {str(path)!r} is not a Parquet file written by factorcl-embed "
+                         f"({error})") from error
+    record = json.loads((table.schema.metadata or {}).get(INDEX_METADATA_KEY, b"null"))
+    table = table.to_pydict()
     if "pooler" not in table:
         raise ValueError(f"`--index` {str(path)!r} has no `pooler` column: run factorcl-embed with --embedding pooler")
+    if not table["id"]:
+        raise ValueError(f"`--index` {str(path)!r} holds no rows: nothing to search")
     chosen = [i for i, m in enumerate(table["modality"]) if m == modality] or list(range(len(table["id"])))
     vectors = torch.from_numpy(np.asarray([table["pooler"][i] for i in chosen], dtype=np.float32))
-    return [table["id"][i] for i in chosen], [table["modality"][i] for i in chosen][0], vectors
+    finite = torch.isfinite(vectors).all(dim=1)
+    if not bool(finite.all()):
+        logger.warning("Left out %d of %d rows of %s whose vector holds NaN or infinite values",
+                       int((~finite).sum()), len(chosen), path)
+        chosen, vectors = [i for i, ok in zip(chosen, finite.tolist()) if ok], vectors[finite]
+        if not chosen:
+            raise ValueError(f"`--index` {str(path)!r}: every vector holds NaN or infinite values")
+    return [table["id"][i] for i in chosen], [table["modality"][i] for i in chosen], vectors, record
+
+
+def _check_same_model(record: dict | None, identity: dict, index: Path) -> None:
+    """The index was written by the model searching it: the same weights (fingerprint)."""
+    if record is None:
+        logger.warning("%s records no model (written by an earlier factorcl-embed): it cannot be checked to be the "
+                       "model's own; re-embed to check", index)
+        return
+    if record.get("fingerprint") != identity["fingerprint"]:
+        raise ValueError(f"`--index` {str(index)!r} was written by another model ({record.get('model')!r}, weights "
+                         f"{str(record.get('fingerprint'))[:12]}), not by `--model` {identity['model']!r} (weights "
+                         f"{identity['fingerprint'][:12]}): its vectors mean nothing to this model. Re-embed with it")
 
 
 def search_scores(query_embeds: torch.Tensor, query_modality: str, stored: torch.Tensor, stored_modality: str,
@@ -244,30 +377,39 @@ def search_scores(query_embeds: torch.Tensor, query_modality: str, stored: torch
 
 def run_search(argv: list[str] | None = None) -> list[tuple[str, float]]:
     """``factorcl-search``: the ``--top-k`` stored items for the query, best first, printed
-    and returned as ``[(id, score)]``. Image-text pairs are scored with the model's alignment
-    critic (what ``logits_per_image`` computes), same-modality pairs by cosine."""
+    with their modality and returned as ``[(id, score)]``. Image-text pairs are scored with
+    the model's alignment critic (what ``logits_per_image`` computes), same-modality pairs by
+    cosine. An index written by another model is refused."""
     parser = build_search_parser()
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error(f"--top-k must be >= 1, got {args.top_k}")
+    if args.query is not None and not args.query.strip():
+        parser.error("--query is empty: give the text to search for")
     modality = "text" if args.query is not None else "image"
     try:
-        ids, stored_modality, stored = _stored_rows(Path(args.index), "image" if modality == "text" else "text")
+        ids, modalities, stored, record = _stored_rows(Path(args.index), "image" if modality == "text" else "text")
         query = args.query if modality == "text" else load_image(args.query_image)
     except ValueError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     model, processor, device = _load_model(args.model, args.device)
+    try:
+        _check_same_model(record, model_identity(args.model, model), Path(args.index))
+    except ValueError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     query_embeds = extract_embeddings(model, processor, [query], modality, "pooler", device=device)["pooler"]
-    scores = search_scores(query_embeds, modality, stored, stored_modality, model.objective.alignment_critic)
+    scores = search_scores(query_embeds, modality, stored, modalities[0], model.objective.alignment_critic)
     top = scores.topk(min(args.top_k, len(ids)))
     hits = [(ids[i], score) for i, score in zip(top.indices.tolist(), top.values.tolist())]
-    for rank, (item, score) in enumerate(hits, start=1):
-        print(f"{rank:>3}. {score:9.4f}  {item}")
+    for rank, (i, score) in enumerate(zip(top.indices.tolist(), top.values.tolist()), start=1):
+        print(f"{rank:>3}. {score:9.4f}  {modalities[i]:<5}  {ids[i]}")
     return hits
 
 
 def search_main(argv: list[str] | None = None) -> int:
-    """Console entry point (``factorcl-search``): exit status 0 on success."""
-    run_search(argv)
-    return 0
-
+    """Console entry point (``factorcl-search``): exit status 0 on success, 2 with one line
+    for a bad option, index, model or query (``--debug`` shows the traceback)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with usage_errors("factorcl-search", debug="--debug" in argv) as outcome:
+        run_search(argv)
+    return outcome.status
