@@ -1,11 +1,14 @@
 """One training step of FactorCL-SSL against plain CLIP training on the same backbone.
 
-A step is what ``training/train.py`` does per batch: the model's forward with the loss, one
-backward of ``loss + critic_loss``, gradient clipping, the AdamW step and the CLUB critics'
-Adam step. Variants (same CLIP weights, batch, precision and thread count):
+A step is what ``training/train.py`` does per batch (``training_step``): the model's forward
+with the loss, one backward of ``loss + critic_loss``, gradient clipping, the AdamW step, the
+CLUB critics' Adam step and the preset's extra critic steps. Variants (same CLIP weights,
+batch, precision and thread count):
 
-* ``factorcl_ssl``: FactorCL-SSL. Its backbone runs on **2B** inputs (each pair and its
-  augmented view, in one call per tower).
+* ``factorcl_ssl``: FactorCL-SSL with its default estimators (``closed_form``), beside
+  ``factorcl_ssl_tracked`` (the default before it, ``tracked_no_cond_nce``: five CLUB-critic
+  steps per batch) and ``factorcl_ssl_paper`` (the paper's estimators). Its backbone runs on
+  **2B** inputs (each pair and its augmented view, in one call per tower).
 * ``simclr``: the CLIP loss (cross-modal InfoNCE, cosine critic); the backbone runs on B.
 * ``cross_self``: CLIP loss plus InfoNCE between each sample and its augmented view: the
   same **2B** backbone work as FactorCL-SSL with a cheap objective, so ``factorcl_ssl /
@@ -47,9 +50,20 @@ import torch.nn.functional as F
 
 from benchmarks._timing import add_run_arguments, apply_threads, time_side_by_side, write_json
 from benchmarks.objective_step import naive_club_critic_loss, naive_terms, relative_difference
-from factorcl_hf.objectives import SSL_CONDITIONED_ROLES, FactorCLObjective
+from factorcl_hf.configuration_factorcl import estimator_preset
+from factorcl_hf.objectives import SSL_CONDITIONED_ROLES, ClosedFormFactorCLObjective, FactorCLObjective
+from factorcl_hf.training_step import training_step
 
-VARIANTS = ("factorcl_ssl", "simclr", "cross_self")
+# name: (objective, estimator preset). `factorcl_ssl` is the default (closed_form);
+# `factorcl_ssl_tracked` the default before it (tracked_no_cond_nce: per-term heads, CLUB critics
+# trained 5 steps per batch); `factorcl_ssl_paper` the paper's estimators (the naive reference's maths).
+VARIANTS = {
+    "factorcl_ssl": ("factorcl_ssl", "closed_form"),
+    "factorcl_ssl_tracked": ("factorcl_ssl", "tracked_no_cond_nce"),
+    "factorcl_ssl_paper": ("factorcl_ssl", "paper"),
+    "simclr": ("simclr", None),
+    "cross_self": ("cross_self", None),
+}
 CONFIGS = ("tiny", "vit-b32")
 DEFAULT_BATCH = {"tiny": 32, "vit-b32": 8}
 TEXT_LENGTH = {"tiny": 16, "vit-b32": 32}
@@ -58,8 +72,9 @@ MAX_GRAD_NORM = 1.0
 
 
 # --------------------------------------------------------------------------- the case
-def model_config(config: str, objective: str, smoke: bool = False):
-    """The ``FactorCLConfig`` of ``config`` with ``objective`` (``smoke``: even smaller sizes)."""
+def model_config(config: str, variant: str, smoke: bool = False):
+    """The ``FactorCLConfig`` of ``config`` for ``variant`` (``smoke``: even smaller sizes)."""
+    objective, estimators = VARIANTS[variant]
     from factorcl_hf import FactorCLConfig
     from factorcl_hf.testing_utils import tiny_clip_config, vit_b32_clip_config
 
@@ -67,8 +82,7 @@ def model_config(config: str, objective: str, smoke: bool = False):
         # The paper's head and critic sizes (measured in benchmarks/RESULTS.md with these).
         return FactorCLConfig(
             clip_config=vit_b32_clip_config(), objective=objective, head_dim=128, head_hidden_dim=512,
-            critic_hidden_dim=512, alignment_critic_type="cosine", logit_temperature=0.07,
-            estimators="paper",  # the maths of the naive reference
+            critic_hidden_dim=512, alignment_critic_type="cosine", logit_temperature=0.07, estimators=estimators,
         )
     if config != "tiny":
         raise ValueError(f"`config` must be one of {CONFIGS}, got {config!r}")
@@ -81,8 +95,7 @@ def model_config(config: str, objective: str, smoke: bool = False):
     hidden = 64 if smoke else 256
     return FactorCLConfig(
         clip_config=clip, objective=objective, head_dim=width, head_hidden_dim=hidden,
-        critic_hidden_dim=hidden, alignment_critic_type="cosine", logit_temperature=0.1,
-        estimators="paper",  # the maths of the naive reference
+        critic_hidden_dim=hidden, alignment_critic_type="cosine", logit_temperature=0.1, estimators=estimators,
     )
 
 
@@ -152,14 +165,23 @@ def clip_loss(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.T
 
 
 @torch.no_grad()
-def reference_losses(model, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The variant's loss (and CLUB critics' loss) computed independently of its objective."""
+def reference_losses(model, variant: str, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The variant's loss (and CLUB critics' loss) computed independently of its objective
+    (``None`` for the `tracked` preset, whose conditional negatives have no naive reference here)."""
     objective = model.objective
-    if model.config.objective == "factorcl_ssl":
-        return {"loss": naive_terms(objective, features)["loss"], "critic_loss": naive_club_critic_loss(objective, features)}
     log_b = math.log(features["features_1"].shape[0])
-    z = [objective.represent(features[f"features_{m}"], m - 1).alignment for m in (1, 2)]
     tau = objective.temperature
+    if variant == "factorcl_ssl_paper":
+        return {"loss": naive_terms(objective, features)["loss"], "critic_loss": naive_club_critic_loss(objective, features)}
+    if variant == "factorcl_ssl_tracked":
+        return None
+    if variant == "factorcl_ssl":  # closed_form: CLIP loss of the shared heads, alignment, views' InfoNCE
+        heads = [objective.heads[m](features[f"features_{m + 1}"]) for m in range(2)]
+        views = [objective.heads[m](features[f"augmented_{m + 1}"])["unique"] for m in range(2)]
+        units = [F.normalize(h["shared"], dim=-1) for h in heads]
+        loss = clip_loss(heads[0]["shared"], heads[1]["shared"], tau) - log_b + (units[0] - units[1]).square().sum(1).mean()
+        return {"loss": loss + sum(clip_loss(heads[m]["unique"], views[m], tau) - log_b for m in range(2))}
+    z = [objective.represent(features[f"features_{m}"], m - 1).alignment for m in (1, 2)]
     loss = clip_loss(z[0], z[1], tau) - log_b
     if model.config.objective == "cross_self":
         views = [objective.represent(features[f"augmented_{m}"], m - 1).alignment for m in (1, 2)]
@@ -175,7 +197,10 @@ def check_losses(models: dict, batch: dict, features: dict, tolerance: float = M
     with torch.no_grad():
         for name, model in models.items():
             out = model(**variant_inputs(model, batch), return_loss=True)
-            expected = reference_losses(model, features)
+            expected = reference_losses(model, name, features)
+            if expected is None:
+                differences[name] = float("nan")
+                continue
             got = {"loss": out.loss, "critic_loss": out.critic_loss}
             differences[name] = max(relative_difference(got[key], value) for key, value in expected.items())
             if not differences[name] <= tolerance:
@@ -197,6 +222,8 @@ class StepRunner:
         self.optimizer = torch.optim.AdamW(self.main_params, lr=1e-5)
         critic_params = model.club_critic_parameters()
         self.critic_optimizer = torch.optim.Adam(critic_params, lr=1e-5) if critic_params else None
+        estimators = getattr(model.objective, "estimators", None)
+        self.club_critic_steps = estimator_preset(estimators).club_critic_steps if estimators else 1
         device_type = batch["input_ids"].device.type
         self._autocast = (lambda: torch.autocast(device_type, dtype=autocast_dtype)) if autocast_dtype else nullcontext
         self.features = {k: v.detach().clone().requires_grad_() for k, v in features.items() if k in self._objective_keys()}
@@ -213,12 +240,11 @@ class StepRunner:
                 optimizer.zero_grad(set_to_none=True)
 
     def step(self):
-        """Forward with the loss, one backward of loss + critic_loss, clipping, both optimizers."""
+        """One step of train.py: forward with the loss, one backward of loss + critic_loss,
+        clipping, both optimizers, and the preset's extra CLUB-critic steps."""
         with self._autocast():
-            out = self.model(**self.inputs, return_loss=True)
-        total = out.loss if out.critic_loss is None else out.loss + out.critic_loss
-        total.backward()
-        self._optimizers_step()
+            training_step(self.model, {**self.inputs, "return_loss": True}, self.optimizer, self.critic_optimizer,
+                          club_critic_steps=self.club_critic_steps, max_grad_norm=MAX_GRAD_NORM)
 
     def objective(self):
         """The objective alone on fixed backbone features: heads, terms, CLUB critics' loss."""
@@ -230,8 +256,10 @@ class StepRunner:
     def heads(self):
         """Every projection head the objective runs, forward and backward."""
         objective = self.model.objective
-        # FactorCL-SSL runs only its conditioning heads on the augmented view.
+        # FactorCL-SSL runs only its conditioning heads on the augmented view (closed form: the unique head).
         view_roles = SSL_CONDITIONED_ROLES if isinstance(objective, FactorCLObjective) else None
+        if isinstance(objective, ClosedFormFactorCLObjective):
+            view_roles = ("unique",)
         with self._autocast():
             outputs = [objective.heads[m](self.features[f"features_{m + 1}"]) for m in range(2)]
             if objective.requires_augmented:
@@ -297,6 +325,7 @@ def benchmark_config(config: str, batch_size: int, repeats: int, device: str, au
             "step_ms": step_ms,
             "vs_simclr": steps[name]["median_s"] / steps["simclr"]["median_s"],
             "vs_cross_self": steps[name]["median_s"] / steps["cross_self"]["median_s"],
+            "vs_previous_default": steps[name]["median_s"] / steps["factorcl_ssl_tracked"]["median_s"],
             "backbone_ms": step_ms - part_ms["objective"] - part_ms["optim"],
             "heads_ms": part_ms["heads"],
             "critics_ms": part_ms["objective"] - part_ms["heads"] - part_ms["club"],
@@ -311,15 +340,16 @@ def benchmark_config(config: str, batch_size: int, repeats: int, device: str, au
 
 def print_table(rows: list[dict]):
     header = (
-        f"{'config':<8} {'B':>4} {'variant':<13} {'bb in':>5} {'step ms':>9} {'/simclr':>8} {'/cross':>7} "
+        f"{'config':<8} {'B':>4} {'variant':<20} {'bb in':>5} {'step ms':>9} {'/simclr':>8} {'/cross':>7} {'/tracked':>9} "
         f"{'backbone':>9} {'heads':>7} {'critics':>8} {'club':>7} {'optim':>7} {'loss Δ':>8}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['config']:<8} {r['batch_size']:>4} {r['variant']:<13} {r['backbone_inputs']:>5} {r['step_ms']:>9.1f} "
-            f"{r['vs_simclr']:>7.2f}x {r['vs_cross_self']:>6.2f}x {r['backbone_ms']:>9.1f} {r['heads_ms']:>7.1f} "
+            f"{r['config']:<8} {r['batch_size']:>4} {r['variant']:<20} {r['backbone_inputs']:>5} {r['step_ms']:>9.1f} "
+            f"{r['vs_simclr']:>7.2f}x {r['vs_cross_self']:>6.2f}x {r['vs_previous_default']:>8.2f}x "
+            f"{r['backbone_ms']:>9.1f} {r['heads_ms']:>7.1f} "
             f"{r['critics_ms']:>8.1f} {r['club_ms']:>7.1f} {r['optim_ms']:>7.1f} {r['loss_rel_diff']:>8.1e}"
         )
 

@@ -48,7 +48,7 @@ OBJECTIVE_REGISTRY: dict[str, ObjectiveSpec] = {
     for spec in (
         ObjectiveSpec("factorcl_ssl", "FactorCL-SSL", f"{_SIX_BOUNDS}, augmented views standing in for labels",
                       supervised=False, augmented_views=True, factorized=True, six_bounds=True,
-                      default_estimators="tracked_no_cond_nce"),
+                      default_estimators="closed_form"),
         ObjectiveSpec("factorcl_sup", "FactorCL-SUP", f"{_SIX_BOUNDS} conditioned on the labels",
                       supervised=True, augmented_views=False, factorized=True, six_bounds=True,
                       default_estimators="tracked"),
@@ -68,8 +68,11 @@ OBJECTIVE_REGISTRY: dict[str, ObjectiveSpec] = {
 }
 OBJECTIVES = tuple(OBJECTIVE_REGISTRY)
 
-# The six terms of FactorCL's loss (FACTORCL.md) by their `loss_terms` name, each with the sign
-# it enters the minimised loss: InfoNCE lower bounds are maximised, CLUB upper bounds minimised.
+# The terms of FactorCL's loss (docs/method.md) by their `loss_terms` name, each with the sign it
+# enters the minimised loss: InfoNCE lower bounds are maximised, CLUB upper bounds and the
+# alignment penalty minimised. The first six are the paper's; `shared_alignment` (the mean squared
+# distance between paired unit shared embeddings) is the `closed_form` preset's. Each layout
+# computes its own subset (`LAYOUT_TERMS`).
 FACTORCL_TERMS: dict[str, int] = {
     "shared_nce": -1,
     "shared_cond_club": 1,
@@ -77,6 +80,12 @@ FACTORCL_TERMS: dict[str, int] = {
     "unique_label_nce_1": -1,
     "unique_label_nce_2": -1,
     "unique_cond_nce": -1,
+    "shared_alignment": 1,
+}
+LAYOUTS = ("per_term", "closed_form")
+LAYOUT_TERMS: dict[str, tuple[str, ...]] = {
+    "per_term": tuple(FACTORCL_TERMS)[:6],
+    "closed_form": ("shared_nce", "shared_alignment", "unique_label_nce_1", "unique_label_nce_2"),
 }
 
 
@@ -108,6 +117,12 @@ class EstimatorPreset:
 
     Args:
         name: the value of `FactorCLConfig.estimators` / `--estimators`.
+        layout: `"per_term"` (the official code's layout: a pair of heads per term, Z_S and Z_U
+            their concatenations, the CLUB terms estimated by NCE-CLUB critics) or
+            `"closed_form"` (the paper's equations: one shared and one unique head per
+            modality; the CLUB terms replaced by closed-form conditional expectations fitted
+            once training is done, docs/method.md). The fields below up to `club_head_lr_scale`
+            concern `"per_term"` only.
         conditioning: `"concat"` (the paper: the condition concatenated to both critic inputs,
             which bounds I((A,C); (B,C)), not I(A; B | C)) or `"negatives"` (each row's negatives
             drawn from rows with the same label, SUP, or a nearby augmented view, SSL).
@@ -123,6 +138,7 @@ class EstimatorPreset:
     """
 
     name: str
+    layout: str
     conditioning: str
     club_gradient: str
     normalize_club_heads: bool
@@ -132,9 +148,16 @@ class EstimatorPreset:
     term_weights: dict[str, float] = field(default_factory=dict)
 
     def weights(self, term_weights: dict[str, float] | None = None) -> dict[str, float]:
-        """The weight of every one of :data:`FACTORCL_TERMS`: ``term_weights`` (checked), else
-        this preset's, else 1."""
-        return {**dict.fromkeys(FACTORCL_TERMS, 1.0), **self.term_weights, **(check_term_weights(term_weights) or {})}
+        """The weight of every term this preset's layout computes (:data:`LAYOUT_TERMS`):
+        ``term_weights`` (checked), else this preset's, else 1. A term the layout does not
+        compute is refused, naming the layout."""
+        given = check_term_weights(term_weights) or {}
+        computed = LAYOUT_TERMS[self.layout]
+        foreign = sorted(set(given) - set(computed))
+        if foreign:
+            raise ValueError(f"`term_weights` names {foreign}, which estimator preset {self.name!r} "
+                             f"({self.layout} layout) does not compute; its terms: {list(computed)}")
+        return {**dict.fromkeys(computed, 1.0), **self.term_weights, **given}
 
     def club_game(
         self,
@@ -154,16 +177,21 @@ class EstimatorPreset:
 
 
 # The paper's estimators and game, as in the official code.
-_PAPER = EstimatorPreset("paper", conditioning="concat", club_gradient="backbone", normalize_club_heads=False,
+_PAPER = EstimatorPreset("paper", layout="per_term", conditioning="concat", club_gradient="backbone", normalize_club_heads=False,
                          club_critic_steps=1, critic_lr_scale=1.0, club_head_lr_scale=1.0)
 # A CLUB game the critic wins (measured in docs/estimators.md).
-_TRACKED = EstimatorPreset("tracked", conditioning="negatives", club_gradient="heads", normalize_club_heads=True,
+_TRACKED = EstimatorPreset("tracked", layout="per_term", conditioning="negatives", club_gradient="heads", normalize_club_heads=True,
                            club_critic_steps=5, critic_lr_scale=10.0, club_head_lr_scale=10.0)
 # `tracked` without term 6, the conditional InfoNCE, which in FactorCL-SSL rewards the unique
 # heads for what the modalities share beyond their augmented views (docs/main_job.md).
 _TRACKED_NO_COND_NCE = replace(_TRACKED, name="tracked_no_cond_nce", term_weights={"unique_cond_nce": 0.0})
+# One shared and one unique head per modality, the CLUB terms fitted in closed form after
+# training (docs/method.md): no CLUB critics, so no CLUB game (the last three fields are unused).
+_CLOSED_FORM = EstimatorPreset("closed_form", layout="closed_form", conditioning="concat", club_gradient="backbone",
+                               normalize_club_heads=False, club_critic_steps=1, critic_lr_scale=1.0,
+                               club_head_lr_scale=1.0)
 ESTIMATOR_PRESETS: dict[str, EstimatorPreset] = {
-    preset.name: preset for preset in (_PAPER, _TRACKED, _TRACKED_NO_COND_NCE)
+    preset.name: preset for preset in (_PAPER, _TRACKED, _TRACKED_NO_COND_NCE, _CLOSED_FORM)
 }
 
 
@@ -384,6 +412,8 @@ __all__ = [
     "OBJECTIVES",
     "objective_spec",
     "FACTORCL_TERMS",
+    "LAYOUTS",
+    "LAYOUT_TERMS",
     "check_term_weights",
     "EstimatorPreset",
     "ESTIMATOR_PRESETS",

@@ -166,6 +166,18 @@ class VectorFactorCL(nn.Module):
         out["backbone"] = torch.cat(backbone, dim=-1)
         return out
 
+    @property
+    def has_closed_form_factorization(self) -> bool:
+        """The objective's Z_S and Z_U come from closed-form layers fitted after training."""
+        return hasattr(self.objective, "fit_factorization")
+
+    @torch.no_grad()
+    def fit_factorization(self, x1: torch.Tensor, x2: torch.Tensor, batch_size: int = 4096) -> dict[str, float]:
+        """Fit the closed-form factorization on paired training inputs (unaugmented)."""
+        features = [torch.cat([self.encode(x[i : i + batch_size], m) for i in range(0, len(x), batch_size)])
+                    for m, x in enumerate((x1, x2))]
+        return self.objective.fit_factorization(*features)
+
     def main_parameters(self) -> list[nn.Parameter]:
         """Encoders, heads and the critics trained with the loss (the main optimizer's)."""
         return list(self.encoders.parameters()) + self.objective.main_parameters()

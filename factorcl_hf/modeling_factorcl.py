@@ -19,6 +19,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
 
+from .conditional_mean import RandomFeatureRidge
 from .configuration_factorcl import BACKBONE_TYPES, FactorCLConfig
 from .integrity import check_finite, check_model_path, check_saved_config, verify_checksums, write_checksums
 from .objectives import ContrastiveObjective, Representation, build_objective
@@ -132,6 +133,10 @@ class FactorCLPreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 bound = 1 / math.sqrt(module.weight.shape[1])
                 init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, RandomFeatureRidge):
+            # Buffers only (a closed-form fit, not trained): unfitted unless the checkpoint has them.
+            for name, value in module.initial_buffers().items():
+                init.copy_(getattr(module, name), value.to(getattr(module, name).device))
         elif isinstance(module, ContrastiveObjective):
             # Scalar parameters of an objective (SigLIP's logit scale and bias).
             for name, value in getattr(module, "initial_values", {}).items():
@@ -560,6 +565,22 @@ class FactorCLModel(FactorCLPreTrainedModel):
     def critic_loss(self, outputs: FactorCLOutput) -> torch.Tensor | None:
         """The CLUB critics' loss on the detached features of `outputs` (no backbone re-run)."""
         return self.objective.critic_loss(outputs.critic_inputs) if outputs.critic_inputs else None
+
+    @property
+    def has_closed_form_factorization(self) -> bool:
+        """The objective's Z_S and Z_U come from closed-form layers (`estimators="closed_form"`),
+        which :meth:`fit_factorization` fits once training is done."""
+        return hasattr(self.objective, "fit_factorization")
+
+    def fit_factorization(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> dict[str, float]:
+        """Fit the closed-form factorization (docs/method.md) on the backbone embeddings
+        (`backbone_embeds` of `get_image_features` / `get_text_features`) of paired training
+        rows, unaugmented; `factorcl-train` does it after the last step. Until then `shared_embeds`
+        is the unit shared head and `unique_embeds` the unique head."""
+        if not self.has_closed_form_factorization:
+            raise ValueError(f"estimators {getattr(self.objective, 'estimators', None)!r} of objective "
+                             f"{self.config.objective!r} have no closed-form factorization to fit")
+        return self.objective.fit_factorization(image_embeds, text_embeds)
 
     def club_critic_parameters(self) -> list[nn.Parameter]:
         """Parameters of the CLUB critics: train them with their own optimizer."""

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conditional_mean import RandomFeatureRidge
 from .configuration_factorcl import (
     FACTORCL_TERMS, OBJECTIVE_REGISTRY, OBJECTIVES, check_term_weights, estimator_preset, objective_spec,
 )
@@ -45,6 +46,8 @@ __all__ = [
     "ModalityHeads",
     "ContrastiveObjective",
     "FactorCLObjective",
+    "ClosedFormFactorCLObjective",
+    "ClosedFormFit",
     "SimCLRObjective",
     "SigLIPObjective",
     "CrossSelfObjective",
@@ -309,6 +312,8 @@ class FactorCLObjective(ContrastiveObjective):
         name = next(spec.name for spec in OBJECTIVE_REGISTRY.values()
                     if spec.six_bounds and (spec.supervised, spec.factorized) == (supervised, factorized))
         preset = estimator_preset(estimators, name)
+        if preset.layout != "per_term":
+            raise ValueError(f"`estimators` {preset.name!r} has the {preset.layout} layout: use ClosedFormFactorCLObjective")
         self.term_weights = preset.weights(term_weights)
         self.estimators = preset.name
         self.conditioning = preset.conditioning if conditioning is None else conditioning
@@ -441,6 +446,181 @@ class FactorCLObjective(ContrastiveObjective):
         return {"shared_cond": self.club_shared_cond, "unique": self.club_unique}
 
 
+@dataclass(frozen=True)
+class ClosedFormFit:
+    """How :class:`ClosedFormFactorCLObjective` fits its closed-form layers (docs/method.md,
+    "Closed-form factorization"; measured in docs/main_job.md). Ridges are relative to the mean
+    feature variance, bandwidths relative to the median distance between inputs.
+
+    Args:
+        num_features: random Fourier features of every regression.
+        shared_ridge / shared_bandwidth: the two regressions that make Z_S.
+        unique_target_ridge: the regression of the unique head on the other modality's shared head.
+        unique_ridge / unique_bandwidth: the regression of that prediction on Z_S (the eraser).
+        unique_passes: erasers applied in turn, each to what the previous ones left.
+    """
+
+    num_features: int = 256
+    shared_ridge: float = 1e-2
+    shared_bandwidth: float = 2.0
+    unique_target_ridge: float = 1e-3
+    unique_ridge: float = 1e-2
+    unique_bandwidth: float = 1.0
+    unique_passes: int = 2
+
+
+class ClosedFormFactorCLObjective(ContrastiveObjective):
+    """FactorCL on the paper's equations: one shared head (Z_S, terms 1-2) and one unique head
+    (Z_U, terms 3-6) per modality, with the CLUB terms replaced by closed-form conditional
+    expectations fitted once training is done (:meth:`fit_factorization`; docs/method.md).
+
+    Trained terms: ``shared_nce`` (1, the cross-modal InfoNCE of the shared heads, which also
+    scores retrieval), ``shared_alignment`` (the mean squared distance between paired unit shared
+    embeddings: what one modality's shared head says that the other's does not) and
+    ``unique_label_nce_1/2`` (4-5: InfoNCE between a modality's unique head and the label, SUP,
+    or between its unique heads on a sample and on its augmented view, SSL).
+
+    Fitted (buffers, :meth:`fit_factorization`), for each modality m and the other one o:
+
+    * Z_S_m = E[ E[s_m | s_o] | s_m ]: what the other modality predicts of this one's unit shared
+      embedding ``s``, predicted back from this one (alternating conditional expectations):
+      a function of this modality that can only carry what the other one shares;
+    * Z_U_m = u_m - E[ E[u_m | s_o] | Z_S_m ], applied ``unique_passes`` times: the unique head
+      ``u`` less every function of the shared content that the other modality explains. The
+      inner regression's target comes from the other modality, so the eraser never learns to
+      remove what only this modality carries.
+
+    Before the fit, Z_S is the unit shared head and Z_U the unique head.
+    """
+
+    roles = (SHARED, UNIQUE)
+
+    def __init__(
+        self,
+        input_dims: tuple[int, int],
+        supervised: bool,
+        num_labels: int | None = None,
+        head_dim: int = 64,
+        head_hidden_dim: int = 256,
+        critic_type: str = "concat",
+        critic_hidden_dim: int = 256,
+        critic_num_hidden_layers: int = 1,
+        critic_embed_dim: int = 128,
+        alignment_critic_type: str = "cosine",
+        temperature: float = 0.1,
+        critic_chunk_size: int | None = None,
+        estimators: str | None = "closed_form",
+        term_weights: dict[str, float] | None = None,
+        fit: ClosedFormFit = ClosedFormFit(),
+    ):
+        preset = estimator_preset(estimators)
+        if preset.layout != "closed_form":
+            raise ValueError(f"`estimators` {preset.name!r} has the {preset.layout} layout: use FactorCLObjective")
+        self.estimators, self.term_weights, self.fit_settings = preset.name, preset.weights(term_weights), fit
+        self.requires_labels, self.requires_augmented = supervised, not supervised
+        super().__init__(input_dims, head_dim, head_hidden_dim, num_labels, True, temperature)
+        self.supervised, self.factorized = supervised, True
+        self.alignment_critic = build_critic(alignment_critic_type, head_dim, head_dim, critic_hidden_dim,
+                                             critic_num_hidden_layers, critic_embed_dim, temperature, critic_chunk_size)
+        if supervised:
+            self.label_critics = nn.ModuleList(
+                build_critic(critic_type, head_dim, num_labels, critic_hidden_dim, critic_num_hidden_layers,
+                             critic_embed_dim, temperature, critic_chunk_size) for _ in range(2))
+        else:
+            self.view_critic = build_critic("cosine", head_dim, head_dim, temperature=temperature)
+
+        def ridge(seed, ridge_value, bandwidth):
+            return RandomFeatureRidge(head_dim, head_dim, fit.num_features, ridge_value, bandwidth, seed=seed)
+
+        self.shared_projections = nn.ModuleList(ridge(m, fit.shared_ridge, fit.shared_bandwidth) for m in range(2))
+        self.unique_erasers = nn.ModuleList(
+            nn.ModuleList(ridge(10 * (m + 1) + p, fit.unique_ridge, fit.unique_bandwidth) for p in range(fit.unique_passes))
+            for m in range(2)
+        )
+
+    # ----------------------------------------------------------------- inference
+    @property
+    def factorization_fitted(self) -> bool:
+        return bool(self.shared_projections[0].fitted)
+
+    def _representation_of(self, modality: int, heads: dict[str, torch.Tensor]) -> Representation:
+        shared = F.normalize(heads[SHARED], dim=-1)
+        unique = heads[UNIQUE]
+        if self.factorization_fitted:
+            shared = self.shared_projections[modality](shared)
+            for eraser in self.unique_erasers[modality]:
+                unique = unique - eraser(shared)
+        return Representation(alignment=heads[SHARED], shared=shared, unique=unique)
+
+    def represent(self, features: torch.Tensor, modality: int) -> Representation:
+        check_features(f"features_{modality + 1}", features, self.input_dims[modality], check_finite=False)
+        return self._representation_of(modality, self.heads[modality](features))
+
+    # ---------------------------------------------------------------- training
+    def _loss(self, features, labels, augmented, compute_critic_loss):
+        heads = [self.heads[m](features[m]) for m in range(2)]
+        representations = tuple(self._representation_of(m, h) for m, h in enumerate(heads))
+        local = [h[r] for h in heads for r in self.roles] + [labels]
+        if not self.supervised:
+            local += [self.heads[m](augmented[m], (UNIQUE,))[UNIQUE] for m in range(2)]
+        gathered = iter(gather_features(local))
+        heads = [{r: next(gathered) for r in self.roles} for _ in range(2)]
+        labels = next(gathered)
+        units = [F.normalize(h[SHARED], dim=-1) for h in heads]
+        terms = {
+            "shared_nce": symmetric_infonce(self.alignment_critic, heads[0][SHARED], heads[1][SHARED]),
+            "shared_alignment": (units[0] - units[1]).square().sum(-1).mean(),
+        }
+        for m in range(2):
+            if self.supervised:
+                one_hot = F.one_hot(labels, self.num_labels).to(heads[m][UNIQUE].dtype)
+                scores = self.label_critics[m](heads[m][UNIQUE], one_hot)
+                terms[f"unique_label_nce_{m + 1}"] = infonce_lower_bound(scores)
+            else:
+                terms[f"unique_label_nce_{m + 1}"] = symmetric_infonce(self.view_critic, heads[m][UNIQUE], next(gathered))
+        loss = sum(FACTORCL_TERMS[name] * self.term_weights[name] * value for name, value in terms.items())
+        return ObjectiveOutput(loss, {name: value.detach() for name, value in terms.items()}, representations)
+
+    # ------------------------------------------------------------- closed form
+    @torch.no_grad()
+    def fit_factorization(self, features_1: torch.Tensor, features_2: torch.Tensor) -> dict[str, float]:
+        """Fit Z_S and Z_U's closed-form layers on the backbone features of paired calibration
+        rows (the training split, unaugmented), in float64 on the CPU so that every process
+        fits the same layers. Returns how much of each unique head the erasers removed
+        (``unique_erased_fraction_1/2``: the share of its variance)."""
+        for m, features in enumerate((features_1, features_2)):
+            check_features(f"features_{m + 1}", features, self.input_dims[m], batch_size=len(features_1))
+        if len(features_1) < 2:
+            raise ValueError(f"fitting the factorization needs at least 2 paired rows, got {len(features_1)}")
+        device = self.shared_projections[0].weight.device
+        self.cpu()
+        try:
+            heads = [self.heads[m](f.detach().float().cpu()) for m, f in enumerate((features_1, features_2))]
+            units = [F.normalize(h[SHARED], dim=-1).double() for h in heads]
+            uniques = [h[UNIQUE].double() for h in heads]
+            report = {}
+            for m in range(2):
+                other, fit = units[1 - m], self.fit_settings
+
+                def from_other(targets, ridge_value, bandwidth, seed):
+                    regression = RandomFeatureRidge(self.head_dim, targets.shape[1], fit.num_features, ridge_value,
+                                                    bandwidth, seed=seed).double()
+                    return regression.fit(other, targets)(other)
+
+                told = from_other(units[m], fit.shared_ridge, fit.shared_bandwidth, 100 + m)
+                shared = self.shared_projections[m].fit(units[m], told)(units[m])
+                residual = uniques[m]
+                for p, eraser in enumerate(self.unique_erasers[m]):
+                    explained = from_other(residual, fit.unique_target_ridge, fit.unique_bandwidth, 200 + 10 * m + p)
+                    residual = residual - eraser.fit(shared, explained)(shared)
+                centred = uniques[m] - uniques[m].mean(0)
+                kept = residual - residual.mean(0)
+                report[f"unique_erased_fraction_{m + 1}"] = float(1 - kept.square().sum() / centred.square().sum())
+        finally:
+            self.to(device)
+        return report
+
+
 class SimCLRObjective(ContrastiveObjective):
     """Cross-modal InfoNCE with a cosine/temperature critic: the CLIP loss."""
 
@@ -525,6 +705,8 @@ _BASELINES = {"simclr": SimCLRObjective, "cross_self": CrossSelfObjective, "supc
               "siglip": SigLIPObjective}
 # Options every objective takes; the critic options only concern FactorCL / OurCL.
 _COMMON_OPTIONS = ("num_labels", "head_dim", "head_hidden_dim", "temperature")
+# Options of the per-term layout's CLUB game, which the closed-form layout does not have.
+_PER_TERM_OPTIONS = ("conditioning", "club_gradient", "normalize_club_heads")
 
 
 def build_objective(name: str, input_dims: tuple[int, int], **options) -> ContrastiveObjective:
@@ -536,6 +718,14 @@ def build_objective(name: str, input_dims: tuple[int, int], **options) -> Contra
     if name in _BASELINES:
         check_term_weights(options.get("term_weights"), name)
         return _BASELINES[name](input_dims, **{k: v for k, v in options.items() if k in _COMMON_OPTIONS})
+    preset = estimator_preset(options.get("estimators"), name)
+    if preset.layout == "closed_form":
+        if not spec.factorized:
+            raise ValueError(f"`estimators` {preset.name!r} separates shared and unique heads; objective {name!r} "
+                             "has one representation (use `paper` or `tracked`)")
+        closed_form_options = {k: v for k, v in options.items() if k not in _PER_TERM_OPTIONS}
+        return ClosedFormFactorCLObjective(input_dims, supervised=spec.supervised,
+                                           **{**closed_form_options, "estimators": preset.name})
     return FactorCLObjective(input_dims, supervised=spec.supervised, factorized=spec.factorized, **options)
 
 

@@ -136,6 +136,8 @@ class TrainingArguments:
     report_to: str = _option("none", "trackers of the loss terms and evaluation metrics (accelerate's log_with): "
                              "none, all (every installed one), or names, comma-separated: tensorboard, wandb, mlflow, ...")
     logging_steps: int = _option(10, "log the mean loss terms of every N optimizer steps (train_log.jsonl, trackers)")
+    factorization_rows: int = _option(20000, "closed-form estimators: training pairs (unaugmented) the factorization's "
+                                      "conditional expectations are fitted on once training is done (docs/method.md)")
     club_critic_check_steps: int = _option(0, "after training, fit fresh CLUB critics for N steps on the frozen train "
                                            "features and compare them with the trained ones on the eval split "
                                            "(0: off; single-process runs)")
@@ -152,7 +154,7 @@ class TrainingArguments:
         # Checked here, before any data is read or model built: a zero count would otherwise
         # "train" for no steps and save an untrained model, or divide by zero much later.
         minimums = (("per_device_train_batch_size", 2), ("per_device_eval_batch_size", 1), ("logging_steps", 1),
-                    ("club_critic_check_steps", 0), ("club_critic_steps", 1), ("num_train_epochs", 1),
+                    ("club_critic_check_steps", 0), ("factorization_rows", 2), ("club_critic_steps", 1), ("num_train_epochs", 1),
                     ("max_train_steps", 1), ("gradient_accumulation_steps", 1), ("checkpointing_steps", 1),
                     ("num_warmup_steps", 0), ("dataloader_num_workers", 0), ("checkpoints_total_limit", 1),
                     ("seed", 0), ("num_labels", 2), ("streaming_shuffle_buffer", 1), ("streaming_sample_rows", 2),

@@ -46,6 +46,7 @@ from factorcl_hf.data.image_text import (
 )
 from factorcl_hf.data.shapes import DEFAULT_UNIQUE_SHARE, write_shapes_imagefolder
 from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs, image_text_batches
+from factorcl_hf.evaluation.embed import extract_embeddings
 from factorcl_hf.evaluation.image_text import evaluate_image_text
 from factorcl_hf.hub import HUB_LICENSES, build_model_card, check_push_access, push_to_hub, validate_model_card
 from factorcl_hf.progress import hide_library_progress_bars
@@ -617,6 +618,34 @@ def check_loss_is_finite(args: TrainingArguments, accelerator: Accelerator, loss
 
 
 # --------------------------------------------------------------------- evaluate and save
+def fit_factorization(args: TrainingArguments, model: FactorCLModel, processor, data: TrainingData) -> dict:
+    """Closed-form estimators (docs/method.md): fit Z_S and Z_U's conditional expectations on
+    up to ``--factorization_rows`` training pairs, unaugmented, before the model is saved.
+    Every process embeds the same rows (a seeded choice), so every process fits the same
+    layers without exchanging features. ``{}`` for objectives without such layers."""
+    if not model.has_closed_form_factorization:
+        return {}
+    try:
+        return _fit_factorization(args, model, processor, data)
+    except Exception as error:  # noqa: BLE001 - the trained heads are still worth saving
+        log.error("Fitting the closed-form factorization failed; the model is saved without it (shared_embeds is "
+                  "the unit shared head, unique_embeds the unique head): %s: %s", type(error).__name__, error)
+        return {"factorization_fit_error": f"{type(error).__name__}: {error}"}
+
+
+def _fit_factorization(args: TrainingArguments, model: FactorCLModel, processor, data: TrainingData) -> dict:
+    rows = data.train
+    if len(rows) > args.factorization_rows:
+        chosen = torch.randperm(len(rows), generator=torch.Generator().manual_seed(args.seed))[: args.factorization_rows]
+        rows = rows.select(sorted(chosen.tolist()))
+    batch = args.per_device_eval_batch_size
+    image_embeds = extract_embeddings(model, processor, rows[args.image_column], "image", "backbone", batch)["backbone"]
+    text_embeds = extract_embeddings(model, processor, rows[args.caption_column], "text", "backbone", batch)["backbone"]
+    report = model.fit_factorization(image_embeds, text_embeds)
+    log.info("Fitted the closed-form factorization on %d training pairs", len(rows))
+    return {"factorization_fit": {"rows": len(rows), **report}}
+
+
 def evaluate(args: TrainingArguments, model: FactorCLModel, processor, data: TrainingData) -> dict[str, float]:
     """Retrieval on the eval split and, with a label column, the linear probes."""
     return evaluate_image_text(

@@ -110,6 +110,8 @@ def _train(args: TrainingArguments, accelerator, loop) -> TrainingRun:
         results["skipped_rows_without_caption"] = data.stream_dropped["captions"]
     if args.save_seen_rows:
         loop.save_seen_rows(args, accelerator, trainer.seen_rows)
+    # Part of the model (closed-form layers), so before the save.
+    results.update(loop.fit_factorization(args, unwrapped, processor, data))
     # The trained model goes to disk first: nothing after this (evaluation, push) can cost it.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
