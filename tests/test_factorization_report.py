@@ -67,3 +67,20 @@ def test_report_of_a_model_on_the_shapes_data_and_its_heatmap(tmp_path, shapes_d
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="missing"):
         factorization_report(model, processor, data["train"], data["test"], ["flavour"])
+
+
+def test_the_evaluation_cli_writes_the_report_and_its_heatmap(tmp_path, shapes_dir):
+    import datasets
+
+    from factorcl_hf.evaluation.__main__ import run
+
+    data = datasets.load_dataset("imagefolder", data_dir=str(shapes_dir))
+    save_tiny_model(tmp_path / "model", list(data["train"]["caption"]) + list(data["test"]["caption"]))
+    out = tmp_path / "report.json"
+    record = run(["--model", str(tmp_path / "model"), "--task", "factorization", "--data", str(shapes_dir),
+                  "--attributes", "shape", "colour", "--probes", "linear", "--out", str(out), "--no-progress"])
+    assert record["factorization"]["linear"]["image"]["unique"]["colour"] == record["metrics"]["linear/image/unique/colour"]
+    assert set(record["factorization"]["chance"]) == {"shape", "colour"}
+    assert out.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit):
+        run(["--model", str(tmp_path / "model"), "--task", "factorization", "--data", str(shapes_dir), "--no-progress"])

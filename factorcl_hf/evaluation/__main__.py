@@ -4,7 +4,9 @@
 
 Tasks: ``retrieval`` (R@1/5/10 both directions), ``zero_shot`` (top-1/top-5 from class-name
 prompts), ``probe`` (linear probe of the label on pair embeddings), ``information`` (InfoNCE /
-NCE-CLUB estimates of the label information in the shared and unique embeddings), and on
+NCE-CLUB estimates of the label information in the shared and unique embeddings),
+``factorization`` (linear and MLP probes of every ``--attributes`` column from every
+embedding of each modality: what Z_S and Z_U hold; a heatmap PNG beside ``--out``), and on
 IRFL task CSVs ``irfl_mc`` (multiple choice) and ``irfl_type`` (figurative-type probe).
 
 ``--data`` is an imagefolder directory (images + ``metadata.jsonl``, read with
@@ -34,16 +36,16 @@ from ..hub import class_names
 from ..integrity import check_model_path
 from ..modeling_factorcl import FactorCLModel
 from ..progress import hide_library_progress_bars
-from . import information, irfl, retrieval, zero_shot
+from . import factorization, information, irfl, retrieval, zero_shot
 from .embed import EMBEDDING_TYPES, available_embeddings, embed_pairs
 from .probe import linear_probe_accuracy
 
-TASKS = ("retrieval", "zero_shot", "irfl_mc", "irfl_type", "probe", "information")
+TASKS = ("retrieval", "zero_shot", "irfl_mc", "irfl_type", "probe", "information", "factorization")
 # Tasks that read several embeddings at once; the others score one embedding.
-MULTI_EMBEDDING_TASKS = ("probe", "irfl_type", "information")
+MULTI_EMBEDDING_TASKS = ("probe", "irfl_type", "information", "factorization")
 # The columns each image+caption task reads besides the images.
 TASK_COLUMNS = {"retrieval": ("caption",), "zero_shot": ("label",), "probe": ("caption", "label"),
-                "information": ("caption", "label")}
+                "information": ("caption", "label"), "factorization": ("caption",)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-missing", action="store_true", help="irfl_*: drop rows whose images are not local")
     parser.add_argument("--num-candidates", type=int, default=None, help="irfl_mc: phrases per image question")
     parser.add_argument("--critic-steps", type=int, default=300, help="information: critic training steps")
+    parser.add_argument("--attributes", nargs="+", help="factorization: columns saying what generated each pair "
+                        "(e.g. shape size position colour background drawer on the embedded data)")
+    parser.add_argument("--probes", nargs="+", choices=factorization.PROBES, default=list(factorization.PROBES),
+                        help="factorization: the probes to fit")
     parser.add_argument("--max-samples", type=int, default=None, help="use at most this many samples per split")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default=None, help="e.g. cuda, cpu (default: cuda if available)")
@@ -206,6 +212,18 @@ def _run_task(args, model, processor) -> tuple[dict[str, float], dict[str, Any]]
         )
         return metrics, {**extra, "embedding": embedding, "class_names": class_names}
 
+    if args.task == "factorization":
+        if not args.attributes:
+            raise ValueError("`--attributes` is required by the factorization task: the columns to probe")
+        report = factorization.factorization_report(
+            model, processor, train_split, eval_split, args.attributes, args.image_column, args.caption_column,
+            args.probes, args.batch_size, args.seed,
+        )
+        metrics = {f"{probe}/{modality}/{embedding}/{attribute}": value
+                   for probe in args.probes for modality, per in report[probe].items()
+                   for embedding, cells in per.items() for attribute, value in cells.items()}
+        return metrics, {**extra, "num_train_samples": len(train_split), "factorization": report}
+
     labels = {name: _label_ids(split, args.label_column, args.class_names)[0]
               for name, split in (("train", train_split), ("test", eval_split))}
     if args.task == "probe":
@@ -278,6 +296,10 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         print(f"\nwrote {os.fspath(out)}")
+        if "factorization" in record:
+            heatmap = factorization.save_factorization_heatmap(record["factorization"], out.with_suffix(".png"),
+                                                               title=str(args.model))
+            print(f"wrote {os.fspath(heatmap)}")
     return record
 
 
