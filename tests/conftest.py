@@ -21,7 +21,7 @@ def one_thread():
 
 
 from factorcl_hf.data.shapes import write_shapes_imagefolder  # noqa: E402
-from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config  # noqa: E402
+from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from huggingface_hub import HfApi, ModelCard, constants
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.hub import MODEL_CARD_TAGS, build_model_card, push_to_hub, save_for_hub, save_model_card
-from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 
 CAPTIONS = ["a small circle at the top", "a large square at the bottom", "a photo of a cross"]
 RECORD = {
