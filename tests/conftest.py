@@ -58,7 +58,7 @@ def photo_index(tmp_path_factory):
     unique) and the ``captions`` the tokenizer knows."""
     from types import SimpleNamespace
 
-    from factorcl_hf.evaluation.export import run_embed
+    from factorcl_hf.apps.embed import run_embed
     from factorcl_hf.testing_utils import random_images, save_tiny_model
 
     root = tmp_path_factory.mktemp("photo_index")
