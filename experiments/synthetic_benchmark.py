@@ -59,7 +59,8 @@ PROBED_REPRESENTATIONS = {"shared_1": "Z_S1", "unique_1": "Z_U1", "shared_2": "Z
 @dataclass
 class BenchmarkSettings:
     """Model, training and probe settings of one run (defaults: the reference settings of
-    FACTORCL.md — encoders 512/128, critics 512, lr 1e-4, batch 256, 10 epochs).
+    the official synthetic experiment, docs/synthetic_benchmark.md — encoders 512/128, critics 512,
+    lr 1e-4, batch 256, 10 epochs).
 
     Args:
         epochs: passes over the train split.
