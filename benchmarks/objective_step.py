@@ -150,7 +150,7 @@ def _conditioned(heads, conditions, role):
 
 
 def naive_terms(model: FactorCLObjective, inputs: dict) -> dict[str, torch.Tensor]:
-    """The six FactorCL terms with tiled critics (FACTORCL.md), and ``loss``."""
+    """The six FactorCL terms with tiled critics (docs/method.md), and ``loss``."""
     heads, conditions = _naive_heads(model, inputs)
     terms = {
         "shared_nce": reference_alignment_infonce(model.alignment_critic, heads[0]["shared"], heads[1]["shared"]),

@@ -61,7 +61,7 @@ from benchmarks.objective_step import relative_difference
 from benchmarks.train_step import make_batch
 from factorcl_hf import FactorCLModel
 from factorcl_hf.configuration_factorcl import ESTIMATOR_PRESETS, estimator_preset
-from factorcl_hf.testing_utils import tiny_clip_config, vit_b32_clip_config
+from factorcl_hf.offline import tiny_clip_config, vit_b32_clip_config
 from factorcl_hf.training_step import parameter_groups, training_step
 
 SHAPES = ("tiny", "vit_b32")

@@ -1,8 +1,8 @@
 """One training epoch of FactorCL-SUP against SimCLR on the synthetic benchmark, same encoders.
 
-The reference settings (FACTORCL.md): 10,000 samples split 80/20 (8,000 train rows, 62
-steps of batch 128 per epoch), MLP encoders hidden 512 / embedding 128, heads 512 → 128,
-critics hidden 512, concat alignment critic. An epoch is
+The reference settings (the official synthetic experiment, docs/synthetic_benchmark.md):
+10,000 samples split 80/20 (8,000 train rows, 62 steps of batch 128 per epoch), MLP encoders
+hidden 512 / embedding 128, heads 512 → 128, critics hidden 512, concat alignment critic. An epoch is
 :func:`experiments.synthetic_benchmark.train_model` with ``epochs=1``: per step the encoders,
 the objective, one backward of ``loss + critic_loss`` and both optimizers, exactly as the
 synthetic benchmark trains.
@@ -38,8 +38,8 @@ from benchmarks._timing import add_run_arguments, apply_threads, time_side_by_si
 from benchmarks.objective_step import naive_club_critic_loss, naive_terms, relative_difference
 from benchmarks.train_step import clip_loss
 from experiments.synthetic_benchmark import BenchmarkSettings, build_model, train_model
-from factorcl_hf.data.synthetic import SyntheticSplit, make_synthetic
-from factorcl_hf.encoders import VectorFactorCL
+from factorcl_hf.research.synthetic import SyntheticSplit, make_synthetic
+from factorcl_hf.research.encoders import VectorFactorCL
 
 VARIANTS = {  # name: (objective, critic hidden layers)
     "simclr": ("simclr", 1),
@@ -50,7 +50,7 @@ MAX_RELATIVE_DIFF = 1e-5
 
 
 def reference_settings(smoke: bool = False) -> BenchmarkSettings:
-    """FACTORCL.md's synthetic settings with batch 128 and one epoch (``smoke``: tiny widths),
+    """The official synthetic settings (docs/synthetic_benchmark.md) with batch 128 and one epoch (``smoke``: tiny widths),
     with the paper's estimators and concat alignment critic: the maths of the naive reference."""
     paper = dict(estimators="paper", alignment_critic_type="concat")
     if smoke:

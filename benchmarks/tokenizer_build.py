@@ -18,7 +18,7 @@ import random
 import time
 from collections import Counter
 
-from factorcl_hf.testing_utils import _caption_words, _merge_pair, _train_word_merges, build_caption_tokenizer
+from factorcl_hf.offline import _caption_words, _merge_pair, _train_word_merges, build_caption_tokenizer
 
 END_OF_WORD = "</w>"
 

@@ -76,7 +76,7 @@ def model_config(config: str, variant: str, smoke: bool = False):
     """The ``FactorCLConfig`` of ``config`` for ``variant`` (``smoke``: even smaller sizes)."""
     objective, estimators = VARIANTS[variant]
     from factorcl_hf import FactorCLConfig
-    from factorcl_hf.testing_utils import tiny_clip_config, vit_b32_clip_config
+    from factorcl_hf.offline import tiny_clip_config, vit_b32_clip_config
 
     if config == "vit-b32":
         # The paper's head and critic sizes (measured in benchmarks/RESULTS.md with these).

@@ -28,7 +28,7 @@ import torch
 
 from experiments.synthetic_benchmark import BenchmarkSettings, club_critic_check, fit_method
 from factorcl_hf.configuration_factorcl import ESTIMATOR_PRESETS
-from factorcl_hf.data.synthetic import make_synthetic
+from factorcl_hf.research.synthetic import make_synthetic
 
 FACTORCL_METHODS = ("factorcl_sup", "factorcl_ssl", "ourcl_sup", "ourcl_ssl")
 

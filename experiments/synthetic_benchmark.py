@@ -21,9 +21,9 @@ import torch
 
 from factorcl_hf.augmentations import FeatureAugmentation
 from factorcl_hf.configuration_factorcl import estimator_preset
-from factorcl_hf.data.synthetic import LATENT_NAMES, SyntheticSplit, SyntheticSplits
-from factorcl_hf.encoders import VectorFactorCL
-from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs
+from factorcl_hf.research.synthetic import LATENT_NAMES, SyntheticSplit, SyntheticSplits
+from factorcl_hf.research.encoders import VectorFactorCL
+from factorcl_hf.research.club_check import club_critic_report, critic_inputs
 from factorcl_hf.evaluation.probe import latent_decoding_r2, linear_probe_accuracy
 from factorcl_hf.objectives import OBJECTIVES
 from factorcl_hf.training_step import parameter_groups, training_step
@@ -59,7 +59,8 @@ PROBED_REPRESENTATIONS = {"shared_1": "Z_S1", "unique_1": "Z_U1", "shared_2": "Z
 @dataclass
 class BenchmarkSettings:
     """Model, training and probe settings of one run (defaults: the reference settings of
-    FACTORCL.md — encoders 512/128, critics 512, lr 1e-4, batch 256, 10 epochs).
+    the official synthetic experiment, docs/synthetic_benchmark.md — encoders 512/128, critics 512,
+    lr 1e-4, batch 256, 10 epochs).
 
     Args:
         epochs: passes over the train split.
@@ -286,7 +287,7 @@ def evaluate_model(
 def _split_batches(model: VectorFactorCL, split: SyntheticSplit, settings: BenchmarkSettings, seed: int):
     """Model inputs for every row of ``split`` in batches of ``settings.batch_size``, with
     labels and augmented views as in training: the ``batches`` of
-    :func:`~factorcl_hf.evaluation.club_check.critic_inputs`."""
+    :func:`~factorcl_hf.research.club_check.critic_inputs`."""
     generator = torch.Generator().manual_seed(seed)
     augment = FeatureAugmentation(noise_std=settings.noise_std, drop_p=settings.drop_p) if model.requires_augmented else None
     for start in range(0, len(split) - 1, settings.batch_size):
@@ -303,7 +304,7 @@ def club_critic_check(
     model: VectorFactorCL, train: SyntheticSplit, test: SyntheticSplit, settings: BenchmarkSettings,
     refit_steps: int = 600, refit_lr: float = 1e-3, seed: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """:func:`~factorcl_hf.evaluation.club_check.club_critic_report` of a trained model:
+    """:func:`~factorcl_hf.research.club_check.club_critic_report` of a trained model:
     for each CLUB term, the InfoNCE (nats, test split, batches of ``settings.batch_size``) of
     its own critic (``"trained"``) against a fresh critic fitted on the frozen train-split
     features (``"refit"``). Returns ``{}`` for objectives without CLUB terms. For the

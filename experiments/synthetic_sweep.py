@@ -2,7 +2,7 @@
 shared to unique (the FactorCL paper's §4.1 sweep).
 
 For every seed, unique share ``u`` and method, the synthetic data set of
-``factorcl_hf.data.synthetic`` (``u = 0``: the label depends on shared latents only; ``u = 1``:
+``factorcl_hf.research.synthetic`` (``u = 0``: the label depends on shared latents only; ``u = 1``:
 on unique latents only) is generated, the method's MLP encoders and objective are trained on
 the train split, and a logistic-regression probe on the frozen factorized embedding
 ``[Z_S1; Z_U1; Z_S2; Z_U2]`` (and on the backbone readout ``[e1; e2]``) is scored on the test
@@ -53,7 +53,7 @@ from experiments.synthetic_benchmark import (
     run_method,
 )
 from factorcl_hf.configuration_factorcl import ESTIMATOR_PRESETS, FACTORCL_TERMS, objective_spec
-from factorcl_hf.data.synthetic import SyntheticConfig, bayes_accuracy, make_synthetic
+from factorcl_hf.research.synthetic import SyntheticConfig, bayes_accuracy, make_synthetic
 from factorcl_hf.objectives import CLUB_GRADIENTS, CONDITIONINGS
 from factorcl_hf.evaluation.probe import linear_probe_accuracy
 from training.arguments import parse_term_weights
@@ -142,7 +142,7 @@ def input_probe_record(splits, seed: int, probe_max_iter: int = 200) -> dict:
 
 def bayes_record(splits, seed: int) -> dict:
     """The accuracy of the best possible classifier of this data set's label from ``(x1, x2)``
-    (:func:`~factorcl_hf.data.synthetic.bayes_accuracy`): no method can beat it, up to the
+    (:func:`~factorcl_hf.research.synthetic.bayes_accuracy`): no method can beat it, up to the
     test split's sampling noise."""
     config = splits.config
     accuracy = bayes_accuracy(config.unique_share, config.label_noise, config.num_labels)

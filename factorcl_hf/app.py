@@ -4,7 +4,7 @@ image zero-shot, with a saved FactorCL model, in a Gradio app.
     factorcl-app --model outputs/demo/factorcl_ssl/model --images photos/
 
 The folder is embedded once, when the first page loads (a progress bar shows it), with every
-embedding the model has. A search ranks as ``factorcl-search`` does (``export.search_scores``):
+embedding the model has. A search ranks as ``factorcl-search`` does (``apps.search.search_scores``):
 with the ``pooler`` embedding a text query scores the images with the model's alignment critic;
 every other pair is scored by cosine. ``shared`` embeddings of a text and an image are comparable
 (both heads are trained across modalities); ``unique`` and ``factorized`` ones are not, so they
@@ -31,7 +31,8 @@ import torch  # noqa: E402
 from transformers import AutoModel, AutoProcessor  # noqa: E402
 
 from factorcl_hf.evaluation.embed import available_embeddings, embed_image_files, extract_embeddings, load_image  # noqa: E402
-from factorcl_hf.evaluation.export import _image_files, search_scores  # noqa: E402
+from factorcl_hf.apps.embed import image_files  # noqa: E402
+from factorcl_hf.apps.search import search_scores  # noqa: E402
 from factorcl_hf.evaluation.zero_shot import class_prompt_embeddings, zero_shot_logits  # noqa: E402
 from factorcl_hf.hub import class_names  # noqa: E402
 from factorcl_hf.integrity import check_model_path  # noqa: E402
@@ -50,7 +51,7 @@ class ImageIndex:
 
     def __init__(self, model, processor, folder: str | os.PathLike, batch_size: int = 32):
         self.model, self.processor, self.folder = model, processor, Path(folder)
-        self.paths = _image_files(self.folder)
+        self.paths = image_files(self.folder)
         self.names = tuple(name for name in SEARCH_EMBEDDINGS if name in available_embeddings(model))
         self.batch_size = batch_size
         self.embeddings: dict[str, torch.Tensor] | None = None

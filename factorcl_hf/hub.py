@@ -4,11 +4,12 @@
   ``ModelCardData`` metadata (library, tags, base model, datasets, pipeline tag and a
   model-index built from evaluation records) and a body explaining the shared/unique
   embeddings, loading with and without ``factorcl-hf``, training and limitations.
-* :func:`save_for_hub` writes model + processor + ``README.md`` into one folder that loads
+* :func:`push_to_hub` saves model + processor + ``README.md`` into one folder the way training
+  saves a model (:func:`~factorcl_hf.checkpointing.save_pretrained_atomically`: the folder loads
   with ``AutoModel.from_pretrained(folder, trust_remote_code=True)`` and with the stock
-  ``zero-shot-image-classification`` pipeline, even where ``factorcl_hf`` is not installed.
-* :func:`push_to_hub` uploads that folder; network failures become a ``RuntimeError`` that
-  names the repository and says the Hub could not be reached.
+  ``zero-shot-image-classification`` pipeline, even where ``factorcl_hf`` is not installed)
+  and uploads it; network failures become a ``RuntimeError`` that names the repository and
+  says the Hub could not be reached.
 
 Evaluation records are what ``python -m factorcl_hf.evaluation --out`` writes:
 ``{"task": ..., "data" or "dataset": ..., "split": ..., "metrics": {name: value}}``.
@@ -26,6 +27,7 @@ from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData, constan
 from huggingface_hub.errors import HfHubHTTPError, LocalTokenNotFoundError, OfflineModeIsEnabled
 
 from . import __version__
+from .checkpointing import save_pretrained_atomically
 from .configuration_factorcl import estimator_preset, objective_spec
 
 __all__ = [
@@ -35,7 +37,6 @@ __all__ = [
     "class_names",
     "validate_model_card",
     "save_model_card",
-    "save_for_hub",
     "push_to_hub",
     "check_push_access",
 ]
@@ -288,34 +289,6 @@ def save_model_card(save_directory: str | os.PathLike, model_or_config, *args, *
     return card
 
 
-def _map_zero_shot_auto_class(model) -> None:
-    """Add ``AutoModelForZeroShotImageClassification`` to the saved ``auto_map``.
-
-    ``register_for_auto_class`` records one auto class (``AutoModel``); the stock pipeline
-    loads through the zero-shot auto class, so without this entry
-    ``pipeline(..., trust_remote_code=True)`` fails where ``factorcl_hf`` is not installed.
-    """
-    if getattr(model, "_auto_class", None) is None:
-        return  # no code is saved with the weights, so no auto_map either
-    module = type(model).__module__.rsplit(".", 1)[-1]
-    auto_map = dict(getattr(model.config, "auto_map", None) or {})
-    auto_map.setdefault("AutoModelForZeroShotImageClassification", f"{module}.{type(model).__name__}")
-    model.config.auto_map = auto_map
-
-
-def save_for_hub(save_directory: str | os.PathLike, model, processor=None, card=None) -> Path:
-    """Write model (safetensors, config, code), processor and ``README.md`` into one folder."""
-    directory = Path(save_directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    _map_zero_shot_auto_class(model)
-    model.save_pretrained(directory)
-    if processor is not None:
-        processor.save_pretrained(directory)
-    if card is not None:
-        card.save(directory / "README.md")
-    return directory
-
-
 def check_push_access(repo_id: str, token: str | None = None) -> str:
     """Before any work that ends in a push: the Hub answers, the token is valid, and its user
     may write to ``repo_id``'s namespace (the user's own or one of their organisations).
@@ -388,7 +361,7 @@ def push_to_hub(
     api = HfApi(token=token)
     network_errors = _transport_errors()
     with tempfile.TemporaryDirectory(prefix="factorcl-push-") as folder:
-        save_for_hub(folder, model, processor, card)
+        folder = save_pretrained_atomically(model, processor, Path(folder) / "model", card=card)
         try:
             api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
             commit = api.upload_folder(

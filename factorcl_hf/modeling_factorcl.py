@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 MODALITIES = ("image", "text")
 # The backbone model class of each supported `FactorCLConfig.backbone_type`.
 BACKBONE_CLASSES = {"clip": CLIPModel, "siglip": SiglipModel}
-logger = logging.getLogger(__name__)
+# The auto classes a saved folder serves through `trust_remote_code`: `AutoModel`, and the one the
+# stock `zero-shot-image-classification` pipeline loads with.
+REMOTE_CODE_AUTO_CLASSES = ("AutoModel", "AutoModelForZeroShotImageClassification")
 
 
 @dataclass
@@ -196,12 +198,6 @@ class FactorCLModel(FactorCLPreTrainedModel):
 
     def __init__(self, config: FactorCLConfig):
         super().__init__(config)
-        # Saved folders also serve the zero-shot pipeline through trust_remote_code (the
-        # AutoModel entry is added by `register_for_auto_class` in `factorcl_hf/__init__.py`).
-        config.auto_map = {
-            **(getattr(config, "auto_map", None) or {}),
-            "AutoModelForZeroShotImageClassification": "modeling_factorcl.FactorCLModel",
-        }
         # Named `clip` for either family: equal to `base_model_prefix`, so a plain CLIP or SigLIP
         # checkpoint loads into it.
         self.clip = BACKBONE_CLASSES[config.backbone_type]._from_config(config.clip_config)
@@ -277,8 +273,17 @@ class FactorCLModel(FactorCLPreTrainedModel):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`, refusing non-finite weights, plus a `SHA256SUMS`
         of the weights files that `from_pretrained` verifies and the files that make the folder
-        a sentence-transformers model (sentence_transformers_module.py)."""
+        a sentence-transformers model (sentence_transformers_module.py). A model whose code
+        travels with it (`is_remote_code()`: registered in `factorcl_hf/__init__.py`, or loaded
+        with `trust_remote_code`) maps every class of :data:`REMOTE_CODE_AUTO_CLASSES` to it in
+        the saved `auto_map`, so the folder also serves the zero-shot pipeline."""
         check_finite(self)
+        if self.is_remote_code():
+            # transformers maps only the one class `register_for_auto_class` named, at save time
+            # (`custom_object_save`); the others are added here, at the same moment.
+            target = f"{type(self).__module__.rsplit('.', 1)[-1]}.{type(self).__name__}"
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}),
+                                    **dict.fromkeys(REMOTE_CODE_AUTO_CLASSES, target)}
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             write_checksums(save_directory, "*.safetensors")

@@ -56,7 +56,7 @@ __all__ = [
     "train_club_critics",
 ]
 
-# Head roles of FactorCL (FACTORCL.md): the six terms use five heads per modality.
+# Head roles of FactorCL (docs/method.md): the six terms use five heads per modality.
 SHARED, SHARED_COND, UNIQUE, UNIQUE_LABEL, UNIQUE_COND = (
     "shared", "shared_cond", "unique", "unique_label", "unique_cond"
 )
@@ -266,7 +266,7 @@ class ContrastiveObjective(nn.Module):
 
 
 class FactorCLObjective(ContrastiveObjective):
-    """FactorCL: six MI bounds over five head pairs (FACTORCL.md).
+    """FactorCL: six MI bounds over five head pairs (docs/method.md).
 
     ``supervised=True`` conditions on the label (FactorCL-SUP); ``supervised=False`` replaces
     the label by the heads' outputs on augmented views (FactorCL-SSL), in the CLUB term *and*

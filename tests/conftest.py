@@ -21,7 +21,7 @@ def one_thread():
 
 
 from factorcl_hf.data.shapes import write_shapes_imagefolder  # noqa: E402
-from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config  # noqa: E402
+from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def photo_index(tmp_path_factory):
     unique) and the ``captions`` the tokenizer knows."""
     from types import SimpleNamespace
 
-    from factorcl_hf.evaluation.export import run_embed
+    from factorcl_hf.apps.embed import run_embed
     from factorcl_hf.testing_utils import random_images, save_tiny_model
 
     root = tmp_path_factory.mktemp("photo_index")

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.checkpointing import recover_interrupted_swap, retired_path, save_pretrained_atomically
 from factorcl_hf.integrity import CHECKSUM_FILE, check_finite, verify_checksums, write_checksums
-from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config
+from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = dict(head_dim=4, head_hidden_dim=8, critic_hidden_dim=8, critic_embed_dim=4)

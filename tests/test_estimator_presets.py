@@ -7,7 +7,7 @@ import torch
 
 from factorcl_hf import FactorCLConfig
 from factorcl_hf.configuration_factorcl import ESTIMATOR_PRESETS, OBJECTIVE_REGISTRY, estimator_preset
-from factorcl_hf.encoders import VectorFactorCL
+from factorcl_hf.research.encoders import VectorFactorCL
 from factorcl_hf.training_step import parameter_groups
 from training.arguments import TrainingArguments
 

@@ -15,7 +15,7 @@ from PIL import Image
 from factorcl_hf.estimators import ConcatCritic
 from factorcl_hf.evaluation.__main__ import run as run_cli
 from factorcl_hf.evaluation.embed import available_embeddings, embed_images, embed_pairs, extract_embeddings
-from factorcl_hf.evaluation.information import estimate_label_information, label_entropy
+from factorcl_hf.research.information import estimate_label_information, label_entropy
 from factorcl_hf.evaluation.irfl import (
     IRFLItem,
     evaluate_irfl_multiple_choice,

@@ -10,8 +10,9 @@ import torch
 from huggingface_hub import HfApi, ModelCard, constants
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
-from factorcl_hf.hub import MODEL_CARD_TAGS, build_model_card, push_to_hub, save_for_hub, save_model_card
-from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+from factorcl_hf.checkpointing import save_pretrained_atomically
+from factorcl_hf.hub import MODEL_CARD_TAGS, build_model_card, push_to_hub, save_model_card
+from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 
 CAPTIONS = ["a small circle at the top", "a large square at the bottom", "a photo of a cross"]
 RECORD = {
@@ -154,10 +155,27 @@ torch.save({"image": image.factorized_embeds, "text": text.factorized_embeds, "p
 """
 
 
+def test_building_a_model_leaves_auto_map_alone_and_saving_maps_both_auto_classes(tmp_path):
+    """The model's constructor does not edit its config; a save maps AutoModel (transformers,
+    from `register_for_auto_class`) and the zero-shot auto class (the model's save_pretrained)
+    to the saved code, once each, and so does a second save of the reloaded model."""
+    tokenizer = build_caption_tokenizer(CAPTIONS)
+    config = FactorCLConfig(clip_config=tiny_clip_config(len(tokenizer), **special_token_ids(tokenizer)),
+                            head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8)
+    model = FactorCLModel(config)
+    assert getattr(config, "auto_map", None) is None and getattr(model.config, "auto_map", None) is None
+    expected = {"AutoConfig": "configuration_factorcl.FactorCLConfig", "AutoModel": "modeling_factorcl.FactorCLModel",
+                "AutoModelForZeroShotImageClassification": "modeling_factorcl.FactorCLModel"}
+    model.save_pretrained(tmp_path / "first")
+    assert json.loads((tmp_path / "first" / "config.json").read_text())["auto_map"] == expected
+    FactorCLModel.from_pretrained(tmp_path / "first").save_pretrained(tmp_path / "second")
+    assert json.loads((tmp_path / "second" / "config.json").read_text())["auto_map"] == expected
+
+
 @pytest.mark.slow
 def test_saved_folder_loads_with_trust_remote_code_where_the_package_is_absent(tmp_path, model_and_processor, inputs):
     model, processor = model_and_processor
-    folder = save_for_hub(tmp_path / "model", model, processor, card_for(model))
+    folder = save_pretrained_atomically(model, processor, tmp_path / "model", card=card_for(model))
     assert {"README.md", "config.json", "model.safetensors", "modeling_factorcl.py", "processor_config.json"} <= {
         p.name for p in folder.iterdir()
     }

@@ -6,7 +6,8 @@ from transformers import AutoModel, AutoProcessor, CLIPModel
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.objectives import OBJECTIVES
-from factorcl_hf.testing_utils import random_images, tiny_clip_processor
+from factorcl_hf.offline import tiny_clip_processor
+from factorcl_hf.testing_utils import random_images
 
 CAPTIONS = ["a small circle at the top", "a large square at the bottom", "a small cross", "a large triangle drawn by anna"]
 SMALL_HEADS = dict(head_dim=8, head_hidden_dim=16, critic_hidden_dim=16, critic_embed_dim=8, num_labels=3,

@@ -14,7 +14,8 @@ from transformers import CLIPModel
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.data.shapes import write_shapes_imagefolder
-from factorcl_hf.testing_utils import build_caption_tokenizer, random_images, special_token_ids, tiny_clip_config, tiny_clip_processor
+from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+from factorcl_hf.testing_utils import random_images
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTIONS = ["a small circle at the top", "a large square at the bottom", "a small cross", "a large triangle"]

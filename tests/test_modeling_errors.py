@@ -12,7 +12,7 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.evaluation.__main__ import run as evaluate_cli
-from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config
+from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config
 
 SMALL = dict(head_dim=4, head_hidden_dim=8, critic_hidden_dim=8, critic_embed_dim=4)
 

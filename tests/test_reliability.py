@@ -33,10 +33,13 @@ from factorcl_hf.checkpointing import LOCK_FILE, OutputDirLock
 from factorcl_hf.data.image_text import ImageTextCollator, load_image_text_dataset
 from factorcl_hf.data.shapes import write_shapes_imagefolder
 from factorcl_hf.evaluation.__main__ import main as evaluate_main
-from factorcl_hf.evaluation.export import main as embed_main
-from factorcl_hf.evaluation.export import run_embed, run_search, search_main
+from factorcl_hf.apps.embed import main as embed_main
+from factorcl_hf.apps.embed import run_embed
+from factorcl_hf.apps.search import main as search_main
+from factorcl_hf.apps.search import run_search
 from factorcl_hf.integrity import CHECKSUM_FILE, write_checksums
-from factorcl_hf.testing_utils import build_caption_tokenizer, save_tiny_model, tiny_clip_processor
+from factorcl_hf.offline import build_caption_tokenizer, tiny_clip_processor
+from factorcl_hf.testing_utils import save_tiny_model
 from training.train import main as train_main
 from training.train import parse_args, train
 
@@ -252,7 +255,7 @@ def test_bad09_the_merges_are_the_textbook_loops():
     from collections import Counter
 
     from benchmarks.tokenizer_build import reference_word_merges
-    from factorcl_hf.testing_utils import _train_word_merges
+    from factorcl_hf.offline import _train_word_merges
 
     rng = random.Random(0)
     counts = Counter({"".join(rng.choice("abcde") for _ in range(rng.randint(1, 9))): rng.randint(1, 4)

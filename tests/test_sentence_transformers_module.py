@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from factorcl_hf.evaluation.export import run_search
+from factorcl_hf.apps.search import run_search
 from factorcl_hf.sentence_transformers_module import FactorCLSentenceTransformer
 from factorcl_hf.testing_utils import random_images, save_tiny_model
 

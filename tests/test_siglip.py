@@ -13,7 +13,7 @@ from transformers import SiglipModel
 from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.data.shapes import write_shapes_imagefolder
 from factorcl_hf.objectives import SigLIPObjective, build_objective
-from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_processor, tiny_siglip_config
+from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_processor, tiny_siglip_config
 from training.train import main
 
 CAPTIONS = ["a small circle at the top", "a large square at the bottom", "a small cross", "a large triangle"]

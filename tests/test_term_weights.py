@@ -8,7 +8,7 @@ from huggingface_hub.errors import StrictDataclassClassValidationError
 from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.configuration_factorcl import FACTORCL_TERMS, OBJECTIVE_REGISTRY, estimator_preset
 from factorcl_hf.objectives import build_objective
-from factorcl_hf.testing_utils import tiny_clip_config
+from factorcl_hf.offline import tiny_clip_config
 from training.arguments import parse_args
 
 B, D1, D2, L = 8, 12, 10, 3

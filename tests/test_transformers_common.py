@@ -34,7 +34,7 @@ import pytest
 import torch
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
-from factorcl_hf.testing_utils import tiny_clip_config, tiny_siglip_config
+from factorcl_hf.offline import tiny_clip_config, tiny_siglip_config
 
 from transformers_common import load_common_tests
 

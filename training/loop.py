@@ -45,12 +45,12 @@ from factorcl_hf.data.image_text import (
     load_image_text_dataset,
 )
 from factorcl_hf.data.shapes import DEFAULT_UNIQUE_SHARE, write_shapes_imagefolder
-from factorcl_hf.evaluation.club_check import club_critic_report, critic_inputs, image_text_batches
+from factorcl_hf.research.club_check import club_critic_report, critic_inputs, image_text_batches
 from factorcl_hf.evaluation.embed import extract_embeddings
 from factorcl_hf.evaluation.image_text import evaluate_image_text
 from factorcl_hf.hub import HUB_LICENSES, build_model_card, check_push_access, push_to_hub, validate_model_card
 from factorcl_hf.progress import hide_library_progress_bars
-from factorcl_hf.testing_utils import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 from factorcl_hf.training_step import parameter_groups, training_step
 from training.arguments import TrainingArguments
 from training.splits import eval_split_of

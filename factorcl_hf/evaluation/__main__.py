@@ -36,7 +36,8 @@ from ..hub import class_names
 from ..integrity import check_model_path
 from ..modeling_factorcl import FactorCLModel
 from ..progress import hide_library_progress_bars
-from . import factorization, information, irfl, retrieval, zero_shot
+from ..research import information
+from . import factorization, irfl, retrieval, zero_shot
 from .embed import EMBEDDING_TYPES, available_embeddings, embed_pairs
 from .probe import linear_probe_accuracy
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..estimators import ConcatCritic, club_upper_bound, fit_critic, infonce_lower_bound
-from .embed import MODALITIES, extract_embeddings
+from ..evaluation.embed import MODALITIES, extract_embeddings
 
 __all__ = [
     "estimate_label_information",

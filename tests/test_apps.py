@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from factorcl_hf.evaluation.embed import extract_embeddings
-from factorcl_hf.evaluation.export import run_embed, run_search
+from factorcl_hf.apps.embed import run_embed
+from factorcl_hf.apps.search import run_search
 from factorcl_hf.evaluation.retrieval import score_matrix
 from factorcl_hf.testing_utils import save_tiny_model
 
@@ -98,7 +99,7 @@ def test_console_script_exits_0(saved_model, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("a red circle\n")
     script = Path(sys.executable).parent / "factorcl-embed"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "factorcl_hf.evaluation.export"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "factorcl_hf.apps.embed"]
     done = subprocess.run([*command, "--model", str(directory), "--texts", str(texts), "--out", str(tmp_path / "t.parquet")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -107,7 +108,7 @@ def test_console_script_exits_0(saved_model, tmp_path):
 
 def test_embed_checks_faiss_before_any_work(saved_model, tmp_path, monkeypatch, capsys):
     """Issue 26, item 4: --faiss without faiss stops before the model loads."""
-    from factorcl_hf.evaluation import export
+    from factorcl_hf.apps import embed as export
 
     directory, _, _ = saved_model
     monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
@@ -115,7 +116,7 @@ def test_embed_checks_faiss_before_any_work(saved_model, tmp_path, monkeypatch, 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the faiss check")
 
-    monkeypatch.setattr(export, "_load_model", no_model)
+    monkeypatch.setattr(export, "load_model", no_model)
     texts = tmp_path / "texts.txt"
     texts.write_text("a red circle\n")
     with pytest.raises(SystemExit) as exit_:
@@ -161,3 +162,17 @@ def test_search_shows_the_modality_and_refuses_another_models_index(saved_model,
     with pytest.raises(SystemExit):
         run_search(["--index", str(index), "--model", str(other), "--query", "a red circle"])
     assert f"was written by another model ('{directory}'" in capsys.readouterr().err
+
+
+def test_every_console_script_names_a_function_of_the_package():
+    """pyproject's entry points follow the modules they name (factorcl-embed and factorcl-search
+    live in factorcl_hf.apps); a stale one would install a script that fails on import."""
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["factorcl-embed"] == "factorcl_hf.apps.embed:main"
+    assert scripts["factorcl-search"] == "factorcl_hf.apps.search:main"
+    for name, target in scripts.items():
+        module, function = target.split(":")
+        assert callable(getattr(importlib.import_module(module), function)), name

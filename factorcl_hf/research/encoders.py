@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .objectives import ContrastiveObjective, ObjectiveOutput, Representation, build_objective
+from ..objectives import ContrastiveObjective, ObjectiveOutput, Representation, build_objective
 
 __all__ = ["MLPEncoder", "VectorFactorCL"]
 
