@@ -25,20 +25,22 @@ import json
 import statistics
 from pathlib import Path
 
-from factorcl_hf.configuration_factorcl import FACTORCL_TERMS
+from factorcl_hf.configuration_factorcl import LAYOUT_TERMS
 from factorcl_hf.data.shapes import write_shapes_imagefolder
 from factorcl_hf.progress import hide_library_progress_bars
 from training.arguments import load_config_file, parse_args as parse_train_args
 from training.demo import DEFAULT_CONFIG
 from training.train import train
 
+# The paper's six terms, as the per-term layout computes them (the study predates `closed_form`).
+SIX_TERMS = LAYOUT_TERMS["per_term"]
 CLUB_TERMS = ("shared_cond_club", "unique_club")
 UNIQUE_LOWER_BOUNDS = ("unique_label_nce_1", "unique_label_nce_2", "unique_cond_nce")
 BASELINE = "simclr (CLIP loss)"
 # Variant name -> term weights (terms not named weigh 1); the baseline trains `simclr`.
 VARIANTS: dict[str, dict[str, float]] = {
     "all terms": {},
-    **{f"without {term}": {term: 0.0} for term in FACTORCL_TERMS},
+    **{f"without {term}": {term: 0.0} for term in SIX_TERMS},
     "without both CLUB terms": dict.fromkeys(CLUB_TERMS, 0.0),
     "CLUB terms x0.5": dict.fromkeys(CLUB_TERMS, 0.5),
     "CLUB terms x2": dict.fromkeys(CLUB_TERMS, 2.0),
@@ -73,9 +75,9 @@ def run_variant(args, data_dir: Path, variant: str, seed: int) -> dict:
     else:
         flags = ["--config", args.config, "--train_data", str(data_dir), "--output_dir", str(run_dir),
                  "--seed", str(seed), "--disable_tqdm", "--club_critic_check_steps", "0"]
-        flags += ["--objective", "simclr"] if variant == BASELINE else ["--objective", "factorcl_ssl"]
+        flags += ["--objective", "simclr"] if variant == BASELINE else ["--objective", "factorcl_ssl", "--estimators", "tracked"]
         if variant != BASELINE:  # every weight, so that no preset's weights apply
-            weights = {**dict.fromkeys(FACTORCL_TERMS, 1.0), **VARIANTS[variant]}
+            weights = {**dict.fromkeys(SIX_TERMS, 1.0), **VARIANTS[variant]}
             flags += ["--term_weights", ",".join(f"{k}={v:g}" for k, v in weights.items())]
         if args.max_train_steps:
             flags += ["--max_train_steps", str(args.max_train_steps)]

@@ -197,7 +197,7 @@ ESTIMATOR_PRESETS: dict[str, EstimatorPreset] = {
 
 def estimator_preset(name: str | None, objective: str = "factorcl_ssl") -> EstimatorPreset:
     """The entry ``name`` of :data:`ESTIMATOR_PRESETS` (``None``: ``objective``'s
-    ``default_estimators``: ``tracked_no_cond_nce`` for FactorCL-SSL, ``tracked`` for
+    ``default_estimators``: ``closed_form`` for FactorCL-SSL, ``tracked`` for
     FactorCL-SUP, ``paper`` for the OurCL ablations and the baselines, which have no CLUB
     terms); a ``ValueError`` naming the choices otherwise."""
     if name is None:

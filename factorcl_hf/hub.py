@@ -177,11 +177,20 @@ def _training_terms(config) -> dict[str, Any]:
     return {"estimators": preset.name, "term_weights": [(name, f"{w:g}") for name, w in weights.items() if w != 1]}
 
 
+def _layout(config) -> str | None:
+    """The estimator preset's layout of a factorized objective (``None`` otherwise)."""
+    if not objective_spec(config.objective).factorized:
+        return None
+    return estimator_preset(config.estimators, config.objective).layout
+
+
 def _embedding_sizes(config) -> dict[str, int]:
-    """The sizes of the embeddings the card's table lists: Z_S is two heads wide and Z_U
-    three for factorized objectives (objectives.FactorCLObjective), one head and none otherwise."""
-    head_dim, factorized = config.head_dim, objective_spec(config.objective).factorized
-    shared_dim, unique_dim = (2 * head_dim, 3 * head_dim) if factorized else (head_dim, 0)
+    """The sizes of the embeddings the card's table lists: one head each for Z_S and Z_U in the
+    closed_form layout (objectives.ClosedFormFactorCLObjective); two and three heads in the
+    per-term layout (objectives.FactorCLObjective); one head and no Z_U without factorization."""
+    head_dim = config.head_dim
+    shared_dim, unique_dim = {None: (head_dim, 0), "closed_form": (head_dim, head_dim),
+                              "per_term": (2 * head_dim, 3 * head_dim)}[_layout(config)]
     return {
         "pooler_dim": head_dim,
         "shared_dim": shared_dim,
@@ -266,6 +275,7 @@ def build_model_card(
         objective_title=spec.title,
         objective_description=spec.description,
         factorized=spec.factorized,
+        layout=_layout(config),
         **_embedding_sizes(config),
         **_training_terms(config),
         base_model=base_model,

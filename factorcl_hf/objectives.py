@@ -509,11 +509,11 @@ class ClosedFormFactorCLObjective(ContrastiveObjective):
         alignment_critic_type: str = "cosine",
         temperature: float = 0.1,
         critic_chunk_size: int | None = None,
-        estimators: str | None = "closed_form",
+        estimators: str | None = None,
         term_weights: dict[str, float] | None = None,
         fit: ClosedFormFit = ClosedFormFit(),
     ):
-        preset = estimator_preset(estimators)
+        preset = estimator_preset(estimators or "closed_form")
         if preset.layout != "closed_form":
             raise ValueError(f"`estimators` {preset.name!r} has the {preset.layout} layout: use FactorCLObjective")
         self.estimators, self.term_weights, self.fit_settings = preset.name, preset.weights(term_weights), fit

@@ -64,14 +64,17 @@ def test_embed_a_folder_skips_bad_images_and_search_finds_the_best(saved_model, 
 
 
 def test_embed_texts_to_npy_and_bad_input(saved_model, tmp_path):
-    directory, _, _ = saved_model
+    directory, model, processor = saved_model
     texts = tmp_path / "texts.txt"
     texts.write_text("a red circle\na small cross at the bottom\n")
     written = run_embed(["--model", str(directory), "--texts", str(texts), "--out", str(tmp_path / "t.npy"),
                          "--embedding", "pooler", "shared", "--no-progress"])
     assert sorted(p.name for p in written) == ["t.model.json", "t.text.ids.json", "t.text.pooler.npy", "t.text.shared.npy"]
-    assert json.loads((tmp_path / "t.model.json").read_text())["embeddings"] == {"pooler": 8, "shared": 16}
-    assert np.load(tmp_path / "t.text.shared.npy").shape == (2, 16)
+    expected = extract_embeddings(model, processor, texts.read_text().splitlines(), "text", ("pooler", "shared"))
+    sizes = {name: value.shape[1] for name, value in expected.items()}
+    assert json.loads((tmp_path / "t.model.json").read_text())["embeddings"] == sizes
+    for name, value in expected.items():
+        np.testing.assert_allclose(np.load(tmp_path / f"t.text.{name}.npy"), value.numpy(), atol=1e-5)
     with pytest.raises(SystemExit):
         run_embed(["--model", str(directory), "--texts", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "x.parquet")])
     with pytest.raises(SystemExit):
@@ -95,7 +98,7 @@ def test_search_texts_by_image(saved_model, shapes_dir, tmp_path):
 
 @pytest.mark.slow
 def test_console_script_exits_0(saved_model, tmp_path):
-    directory, _, _ = saved_model
+    directory, model, processor = saved_model
     texts = tmp_path / "texts.txt"
     texts.write_text("a red circle\n")
     script = Path(sys.executable).parent / "factorcl-embed"

@@ -14,7 +14,7 @@ from training.demo import main
 
 @pytest.mark.slow
 def test_demo_reports_what_its_saved_model_gives(tmp_path):
-    results = main(["--output_dir", str(tmp_path), "--max_train_steps", "2", "--num_train_samples", "60", "--disable_tqdm"])
+    results = main(["--output_dir", str(tmp_path), "--max_train_steps", "2", "--num_train_samples", "100", "--disable_tqdm"])
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -34,7 +34,7 @@ def test_demo_reports_what_its_saved_model_gives(tmp_path):
 
 @pytest.mark.slow
 def test_demo_with_several_seeds_reports_each_seed_and_their_mean(tmp_path, capsys):
-    results = main(["--output_dir", str(tmp_path), "--max_train_steps", "2", "--num_train_samples", "60",
+    results = main(["--output_dir", str(tmp_path), "--max_train_steps", "2", "--num_train_samples", "100",
                     "--disable_tqdm", "--objectives", "simclr", "--seeds", "0", "1"])
     per_seed = results["simclr"]["seeds"]
     assert sorted(per_seed) == [0, 1]

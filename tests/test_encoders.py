@@ -60,8 +60,7 @@ def test_forward_uses_the_shared_objective_classes(method):
     if model.requires_augmented:
         inputs.update(augmented_1=x1 + 0.1, augmented_2=x2 - 0.1)
     out = model(x1, x2, **inputs)
-    expected = FactorCLObjective if method.startswith(("factorcl", "ourcl")) else type(build_objective(method, (EMBED, EMBED), num_labels=3))
-    assert type(model.objective) is expected
+    assert type(model.objective) is type(build_objective(method, (EMBED, EMBED), num_labels=3))
     # The model adds nothing to the loss: it is the objective's on the encoders' features.
     feature_inputs = dict(inputs)
     if model.requires_augmented:
@@ -73,13 +72,14 @@ def test_forward_uses_the_shared_objective_classes(method):
 
 
 def test_parameter_groups_partition_the_model():
-    model = tiny_model("factorcl_ssl")
+    model = tiny_model("factorcl_ssl", estimators="tracked")
     main = {id(p) for p in model.main_parameters()}
     club = {id(p) for p in model.club_critic_parameters()}
     assert club and not main & club
     assert main | club == {id(p) for p in model.parameters()}
     assert {id(p) for p in model.encoders.parameters()} <= main
     assert tiny_model("simclr").club_critic_parameters() == []
+    assert tiny_model("factorcl_ssl").club_critic_parameters() == []  # closed_form: no CLUB critics
 
 
 def test_embed_shapes_and_contents():

@@ -14,7 +14,7 @@ from training.arguments import TrainingArguments
 
 def test_default_presets_per_objective_and_a_clear_error():
     assert estimator_preset(None, "factorcl_sup").name == "tracked"
-    assert estimator_preset(None, "factorcl_ssl").name == "tracked_no_cond_nce"
+    assert estimator_preset(None, "factorcl_ssl").name == "closed_form"
     assert estimator_preset(None, "ourcl_ssl").name == "paper"
     assert all(spec.default_estimators in ESTIMATOR_PRESETS for spec in OBJECTIVE_REGISTRY.values())
     with pytest.raises(ValueError, match="estimators"):
@@ -43,7 +43,7 @@ def test_the_objective_follows_the_preset():
 
 
 def test_parameter_groups_put_the_club_heads_at_their_own_learning_rate():
-    model = VectorFactorCL((6, 6), "factorcl_ssl", head_dim=4, head_hidden_dim=8, critic_hidden_dim=8)
+    model = VectorFactorCL((6, 6), "factorcl_ssl", head_dim=4, head_hidden_dim=8, critic_hidden_dim=8, estimators="tracked")
     groups = parameter_groups(model, 1e-3, 10.0)
     assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-2)]
     grouped = [id(p) for g in groups for p in g["params"]]
@@ -55,14 +55,17 @@ def test_parameter_groups_put_the_club_heads_at_their_own_learning_rate():
 
 
 def test_training_arguments_take_the_club_game_from_the_preset_unless_given():
-    tracked = TrainingArguments(learning_rate=1e-3).club_game
+    tracked = TrainingArguments(learning_rate=1e-3, objective="factorcl_sup").club_game
     assert tracked == {"critic_learning_rate": pytest.approx(1e-2), "club_critic_steps": 5, "club_head_lr_scale": 10.0}
     paper = TrainingArguments(learning_rate=1e-3, estimators="paper").club_game
     assert paper == {"critic_learning_rate": pytest.approx(1e-3), "club_critic_steps": 1, "club_head_lr_scale": 1.0}
-    given = TrainingArguments(learning_rate=1e-3, club_critic_steps=2, critic_learning_rate=5e-4).club_game
+    given = TrainingArguments(learning_rate=1e-3, estimators="tracked", club_critic_steps=2, critic_learning_rate=5e-4).club_game
     assert (given["club_critic_steps"], given["critic_learning_rate"]) == (2, 5e-4)
-    assert set(ESTIMATOR_PRESETS) == {"paper", "tracked", "tracked_no_cond_nce"}
-    # The FactorCL-SSL default is `tracked` with term 6 weighed 0, and the same game.
+    assert set(ESTIMATOR_PRESETS) == {"paper", "tracked", "tracked_no_cond_nce", "closed_form"}
+    # The closed_form layout has no CLUB game: its options are refused, naming them.
+    with pytest.raises(ValueError, match=r"\['club_critic_steps'\].*closed_form.*--estimators tracked"):
+        TrainingArguments(learning_rate=1e-3, club_critic_steps=2)
+    # The previous FactorCL-SSL default is `tracked` with term 6 weighed 0, and the same game.
     no_cond_nce = dataclasses.asdict(ESTIMATOR_PRESETS["tracked_no_cond_nce"])
     tracked = dataclasses.asdict(ESTIMATOR_PRESETS["tracked"])
     assert {k: v for k, v in no_cond_nce.items() if v != tracked[k]} == {

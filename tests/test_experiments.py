@@ -8,7 +8,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from experiments import club_critic_game, synthetic_sweep, term_ablation
 from experiments import synthetic_benchmark as bench
-from factorcl_hf.configuration_factorcl import FACTORCL_TERMS
+from factorcl_hf.configuration_factorcl import LAYOUT_TERMS, estimator_preset
 from factorcl_hf.augmentations import FeatureAugmentation
 from factorcl_hf.research.synthetic import SyntheticSplit, SyntheticSplits, bayes_accuracy, make_synthetic
 from factorcl_hf.objectives import OBJECTIVES
@@ -81,17 +81,20 @@ def test_training_reduces_the_loss(method):
     assert history.final["loss"] < history.epochs[0]["loss"]
 
 
-@pytest.mark.parametrize("method", ["factorcl_sup", "factorcl_ssl", "cross_self"])
-def test_training_never_reads_the_test_split(method):
+@pytest.mark.parametrize("method, estimators", [("factorcl_sup", None), ("factorcl_ssl", None), ("factorcl_ssl", "tracked"),
+                                               ("cross_self", None)])
+def test_training_never_reads_the_test_split(method, estimators):
     """NaN test inputs (and latents) change nothing in training: not one parameter, not one
     logged loss. Any test row in a batch, an augmentation or a CLUB-critic update would turn
     them into NaN (or make the objective's input check raise)."""
     clean = tiny_splits()
     poisoned = with_test_inputs(clean, lambda x: torch.full_like(x, math.nan))
-    settings = tiny_settings(club_critic_steps=2)
+    settings = tiny_settings(club_critic_steps=2, estimators=estimators)
     fits = [bench.fit_method(splits, method, settings, seed=1) for splits in (clean, poisoned)]
     states = [fit.model.state_dict() for fit in fits]
-    assert fits[1].model.club_critic_parameters() or method == "cross_self"
+    # The per-term layout's CLUB critics train too; the closed-form layout fits its erasers on train rows.
+    per_term = method != "cross_self" and estimator_preset(estimators, method).layout == "per_term"
+    assert bool(fits[1].model.club_critic_parameters()) == per_term
     for name, value in states[0].items():
         assert torch.isfinite(states[1][name]).all(), name
         assert torch.equal(value, states[1][name]), name
@@ -118,7 +121,7 @@ def test_test_split_is_embedded_only_after_the_last_training_step(monkeypatch):
     monkeypatch.setattr(bench, "build_model", instrumented_build_model)
     handle = register_optimizer_step_post_hook(lambda *_: events.append(("step", None)))
     try:
-        record = bench.run_method(splits, "factorcl_ssl", tiny_settings(club_critic_steps=2), seed=0)
+        record = bench.run_method(splits, "factorcl_ssl", tiny_settings(club_critic_steps=2, estimators="tracked"), seed=0)
     finally:
         handle.remove()
 
@@ -204,7 +207,7 @@ def test_per_epoch_critic_checks_do_not_change_training():
     """The check runs mid-training through ``on_epoch_end``; the trained weights must be
     exactly those of a run without it (no parameter, mode or global-RNG side effects)."""
     splits = tiny_splits(num_samples=200)
-    settings = tiny_settings(epochs=3, batch_size=32)
+    settings = tiny_settings(epochs=3, batch_size=32, estimators="tracked")
     seen = []
 
     def check(epoch, model):
@@ -244,7 +247,7 @@ def test_cli_micro_run_writes_results(tmp_path, capsys):
     argv = [
         "--out", str(tmp_path), "--quick", "--num-samples", "60", "--epochs", "1", "--batch-size", "12",
         "--methods", "factorcl_ssl", "supcon", "--seeds", "0", "1", "--unique-shares", "0", "1", "--no-progress",
-        "--num-threads", "1", "--critic-check", "--critic-check-steps", "20",
+        "--num-threads", "1", "--critic-check", "--critic-check-steps", "20", "--estimators", "tracked",
     ]
     synthetic_sweep.main(argv)
     results = json.loads((tmp_path / "synthetic_results.json").read_text())
@@ -303,7 +306,7 @@ def test_cli_term_weights_reach_the_objective_and_need_the_six_terms(tmp_path, m
         "--term-weights", "unique_cond_nce=0,unique_club=0.5",
     ]
     results = synthetic_sweep.main(argv)
-    assert fitted_weights == [{**dict.fromkeys(FACTORCL_TERMS, 1.0), "unique_cond_nce": 0.0, "unique_club": 0.5}]
+    assert fitted_weights == [{**dict.fromkeys(LAYOUT_TERMS["per_term"], 1.0), "unique_cond_nce": 0.0, "unique_club": 0.5}]
     trained = next(r for r in results if r["method"] == "factorcl_sup")
     assert trained["settings"]["objective_options"]["term_weights"] == {"unique_cond_nce": 0.0, "unique_club": 0.5}
 
@@ -329,7 +332,8 @@ def test_term_ablation_trains_each_variant_with_its_weights_and_resumes(tmp_path
     # Every weight is given, so the variants do not depend on the default preset's weights.
     for variant, weights in (("all_terms", {}), ("without_unique_club", {"unique_club": 0.0})):
         config = json.loads((tmp_path / variant / "seed_0" / "model" / "config.json").read_text())
-        assert config["term_weights"] == {**dict.fromkeys(FACTORCL_TERMS, 1.0), **weights}
+        assert config["term_weights"] == {**dict.fromkeys(LAYOUT_TERMS["per_term"], 1.0), **weights}
+        assert config["estimators"] == "tracked"
     assert (tmp_path / "term_ablation.png").stat().st_size > 1000
     assert "| without unique_club |" in capsys.readouterr().out
     # A second run reads the finished runs instead of training them again.

@@ -91,9 +91,14 @@ def test_card_names_the_estimators_and_the_terms_weighed_other_than_one(model_an
         text = build_model_card(FactorCLConfig(clip_config=clip, head_dim=8, **options)).text
         return next((line for line in text.splitlines() if line.startswith("- Estimators:")), None)
 
-    assert training_line() == ("- Estimators: `tracked_no_cond_nce` (factorcl-hf's `ESTIMATOR_PRESETS`); "
-                               "terms weighed other than 1: `unique_cond_nce=0`.")
-    assert training_line(term_weights={"unique_cond_nce": 1.0, "unique_club": 0.5}) == (
+    assert training_line() == "- Estimators: `closed_form` (factorcl-hf's `ESTIMATOR_PRESETS`)."
+    assert training_line(term_weights={"shared_alignment": 0.5}) == (
+        "- Estimators: `closed_form` (factorcl-hf's `ESTIMATOR_PRESETS`); terms weighed other than 1: "
+        "`shared_alignment=0.5`."
+    )
+    assert training_line(estimators="tracked_no_cond_nce") == ("- Estimators: `tracked_no_cond_nce` (factorcl-hf's "
+                                                               "`ESTIMATOR_PRESETS`); terms weighed other than 1: `unique_cond_nce=0`.")
+    assert training_line(estimators="tracked_no_cond_nce", term_weights={"unique_cond_nce": 1.0, "unique_club": 0.5}) == (
         "- Estimators: `tracked_no_cond_nce` (factorcl-hf's `ESTIMATOR_PRESETS`); terms weighed other than 1: "
         "`unique_club=0.5`."
     )

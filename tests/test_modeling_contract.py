@@ -172,7 +172,7 @@ def test_get_features_follow_the_v5_contract(clip_config, batch, return_dict):
     assert torch.equal(image.last_hidden_state, clip_image.last_hidden_state)
     assert torch.equal(text.last_hidden_state, clip_text.last_hidden_state)
     assert torch.equal(image.backbone_embeds, clip_image.pooler_output)
-    assert image.factorized_embeds.shape[1] == 5 * SMALL_HEADS["head_dim"]
+    assert torch.equal(image.factorized_embeds, torch.cat([image.shared_embeds, image.unique_embeds], dim=-1))
 
 
 # --------------------------------------------------------- item 6: feature-extraction pipelines

@@ -16,7 +16,7 @@ from transformers import CLIPModel
 from factorcl_hf import FactorCLConfig
 from factorcl_hf.data.shapes import write_shapes_imagefolder
 from factorcl_hf.estimators import CosineCritic
-from factorcl_hf.objectives import ContrastiveObjective, FactorCLObjective, build_objective
+from factorcl_hf.objectives import ClosedFormFactorCLObjective, ContrastiveObjective, FactorCLObjective, build_objective
 from training.train import main, parse_args, run, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,7 +44,7 @@ def test_one_default_per_option():
     assert not {"club_critic_steps", "critic_learning_rate"} & set(FactorCLConfig.__annotations__), "training options"
     for name in shared:
         assert getattr(args, name) == getattr(config, name), name
-    for cls in (ContrastiveObjective, FactorCLObjective):
+    for cls in (ContrastiveObjective, FactorCLObjective, ClosedFormFactorCLObjective):
         for name, parameter in inspect.signature(cls.__init__).parameters.items():
             config_name = {"temperature": "logit_temperature"}.get(name, name)
             if parameter.default is not parameter.empty and config_name in FactorCLConfig.__annotations__:
@@ -53,7 +53,8 @@ def test_one_default_per_option():
     assert (objective.head_dim, objective.temperature) == (config.head_dim, config.logit_temperature)
     assert isinstance(objective.alignment_critic, CosineCritic) and config.alignment_critic_type == "cosine"
     assert objective.alignment_critic.temperature == config.logit_temperature
-    assert objective.club_unique.critic.hidden_dim == config.critic_hidden_dim
+    per_term = build_objective(config.objective, (16, 16), estimators="tracked")
+    assert per_term.club_unique.critic.hidden_dim == config.critic_hidden_dim
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data_dir, tmp_path):
@@ -70,12 +71,12 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data_dir, tmp_pat
     a = load_file(tmp_path / "full" / "model" / "model.safetensors")
     b = load_file(resumed_dir / "model" / "model.safetensors")
     assert a.keys() == b.keys()
-    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
     assert diff <= 1e-6, f"resumed run differs from the uninterrupted one by {diff}"
     # And training really moved the weights (the comparison is not vacuous).
     first = train(parse_args(run_flags(data_dir, tmp_path / "short", "--objective", "factorcl_ssl", "--max_train_steps", "1")))
     c = load_file(tmp_path / "short" / "model" / "model.safetensors")
-    assert max((a[k] - c[k]).abs().max().item() for k in a) > 1e-4
+    assert max((a[k].double() - c[k].double()).abs().max().item() for k in a) > 1e-4
     assert first.results["steps"] == 1
 
 
@@ -93,9 +94,16 @@ def test_backbone_runs_once_per_step(data_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(CLIPModel, "get_image_features", count_image)
     monkeypatch.setattr(CLIPModel, "get_text_features", count_text)
-    train(parse_args(run_flags(data_dir, tmp_path, "--objective", "factorcl_ssl", "--max_train_steps", "3",
-                               "--club_critic_steps", "3")))
+    # The per-term layout's extra CLUB-critic steps reuse the step's features.
+    train(parse_args(run_flags(data_dir, tmp_path / "tracked", "--objective", "factorcl_ssl", "--estimators", "tracked",
+                               "--max_train_steps", "3", "--club_critic_steps", "3")))
     assert calls == {"image": 3, "text": 3}
+    # The closed-form layout embeds the training rows once more, after training, to fit the
+    # factorization: one batch of each modality here (56 rows <= the eval batch size).
+    calls.update(image=0, text=0)
+    run = train(parse_args(run_flags(data_dir, tmp_path / "closed_form", "--objective", "factorcl_ssl", "--max_train_steps", "3")))
+    batches = -(-run.results["factorization_fit"]["rows"] // parse_args(run_flags(data_dir, tmp_path)).per_device_eval_batch_size)
+    assert calls == {"image": 3 + batches, "text": 3 + batches}
 
 
 def test_logged_records_are_means_over_each_logging_window(data_dir, tmp_path):
@@ -116,8 +124,8 @@ def test_logged_records_are_means_over_each_logging_window(data_dir, tmp_path):
 
 
 def test_club_critic_check_reports_each_club_term(data_dir, tmp_path):
-    flags = run_flags(data_dir, tmp_path, "--objective", "factorcl_ssl", "--max_train_steps", "2", "--eval_split", "test",
-                      "--club_critic_check_steps", "5")
+    flags = run_flags(data_dir, tmp_path, "--objective", "factorcl_ssl", "--estimators", "tracked", "--max_train_steps", "2",
+                      "--eval_split", "test", "--club_critic_check_steps", "5")
     results = run(flags)
     check = results["club_critic_check"]
     assert set(check) == {"shared_cond", "unique"}
@@ -305,7 +313,7 @@ def test_locked_towers_do_not_change(data_dir, tmp_path):
         return max((a[k] - b[k]).abs().max().item() for k in keys) > 1e-12
 
     # The same run with steps of ~1e-30: the initial weights, as the training run builds them.
-    initial = weights_after("initial", "--learning_rate", "1e-30", "--critic_learning_rate", "1e-30")
+    initial = weights_after("initial", "--learning_rate", "1e-30")
     frozen = weights_after("frozen", "--lock_image", "--lock_text")
     assert not changed(initial, frozen, "clip.vision_model.") and not changed(initial, frozen, "clip.text_model.")
     assert not changed(initial, frozen, "clip.visual_projection") and changed(initial, frozen, "objective.heads.")

@@ -194,8 +194,16 @@ class TrainingArguments:
             raise ValueError(f"`learning_rate` must be a finite number > 0, got {self.learning_rate}")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("`hub_model_id` (USER/NAME) is required with `push_to_hub`")
-        estimator_preset(self.estimators, self.objective)
+        if estimator_preset(self.estimators, self.objective).layout == "closed_form":
+            # The closed_form layout plays no CLUB game: these options would be silently ignored.
+            club = [name for name in ("club_critic_steps", "critic_learning_rate", "club_head_lr_scale")
+                    if getattr(self, name) is not None] + (["club_critic_check_steps"] * bool(self.club_critic_check_steps))
+            if club:
+                raise ValueError(f"{club} configure the CLUB critics, which the closed_form estimators of "
+                                 f"{self.objective!r} do not have; pass `--estimators tracked` to train with them")
         self.term_weights = parse_term_weights(self.term_weights, self.objective)
+        if self.term_weights:
+            estimator_preset(self.estimators, self.objective).weights(self.term_weights)
 
     @property
     def club_game(self) -> dict:

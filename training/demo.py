@@ -37,6 +37,7 @@ LABEL_BITS = ("colour_bit", "drawer_bit")
 METRICS = ("factorized_accuracy", "match_mean_R@1", "mean_R@1", "mean_R@5", "backbone_accuracy")
 COLUMNS = ("probe acc", "shared-content R@1", "exact-pair R@1", "R@5", "backbone probe")
 HEADLINE = METRICS[:2]
+CLUB_CHECK_STEPS = 600
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -58,8 +59,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def objective_flags(entry: str) -> list[str]:
     """``--objective`` (and ``--estimators``) of an entry ``NAME`` or ``NAME:ESTIMATORS``."""
+    from factorcl_hf.configuration_factorcl import estimator_preset, objective_spec
+
     name, _, estimators = entry.partition(":")
-    return ["--objective", name] + (["--estimators", estimators] if estimators else [])
+    flags = ["--objective", name] + (["--estimators", estimators] if estimators else [])
+    if objective_spec(name).six_bounds and estimator_preset(estimators or None, name).layout == "per_term":
+        # Compare each CLUB critic with one refitted for this many steps on the frozen features
+        # (results.json: club_critic_check); the other layouts have no CLUB critics.
+        flags += ["--club_critic_check_steps", str(CLUB_CHECK_STEPS)]
+    return flags
 
 
 def summarize(per_seed: dict[int, dict]) -> dict:
@@ -171,20 +179,57 @@ def newcomer_check(results: dict, objectives: list[str], record_path: str) -> li
     return lines
 
 
+def train_and_probe(args, objective: str, seed: int, data_dir: Path, run_dir: Path, splits) -> tuple:
+    """Train one objective on one seed (the model is saved before anything is evaluated), then
+    probe what each of its embeddings holds; returns the run and its record."""
+    from factorcl_hf.configuration_factorcl import objective_spec
+    from factorcl_hf.evaluation.factorization import factorization_report
+    from training.arguments import parse_args as parse_train_args
+    from training.train import train
+
+    flags = ["--config", args.config, "--train_data", str(data_dir), *objective_flags(objective),
+             "--output_dir", str(run_dir), "--seed", str(seed)]
+    if args.max_train_steps:
+        flags += ["--max_train_steps", str(args.max_train_steps)]
+    if args.disable_tqdm:
+        flags.append("--disable_tqdm")
+    run = train(parse_train_args(flags))
+    keys = (*METRICS, "club_critic_check", "factorization_fit")
+    record = {k: run.results[k] for k in keys if k in run.results}
+    supervised = objective_spec(objective.partition(":")[0]).supervised
+    attributes = ATTRIBUTES + (LABEL_BITS if supervised else ())
+    # What leaks nonlinearly is a question about Z_S and Z_U: the MLP probe (slower) only where they exist.
+    probes = [p for p in args.probes if p == "linear" or getattr(run.model.objective, "factorized", False)]
+    record["factorization"] = factorization_report(run.model, run.processor, splits["train"], splits["test"],
+                                                   attributes, probes=probes, seed=seed)
+    return run, record
+
+
+def reload_difference(run, test_split) -> float:
+    """The saved model must reproduce the trained one exactly: 0, or a ``RuntimeError``."""
+    from factorcl_hf import FactorCLModel
+    from factorcl_hf.evaluation.image_text import encode_image_text
+
+    reloaded = FactorCLModel.from_pretrained(run.results["model_dir"])
+    sample = test_split.select(range(min(64, len(test_split))))
+    before = encode_image_text(run.model, run.processor, sample)
+    after = encode_image_text(reloaded, run.processor, sample)
+    difference = max((before[m][k] - after[m][k]).abs().max().item() for m in before for k in before[m])
+    if difference != 0:
+        raise RuntimeError(f"Reloaded {run.results['model_dir']} embeddings differ from the trained ones "
+                           f"(max abs diff {difference})")
+    return difference
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     # The libraries load once the arguments are parsed, so that `--help` answers at once.
     import datasets
 
-    from factorcl_hf import FactorCLModel
-    from factorcl_hf.configuration_factorcl import objective_spec
     from factorcl_hf.data.shapes import save_sample_grid, shapes_label_accuracy_ceilings, write_shapes_imagefolder
-    from factorcl_hf.evaluation.factorization import factorization_report, save_factorization_heatmap
-    from factorcl_hf.evaluation.image_text import encode_image_text
+    from factorcl_hf.evaluation.factorization import save_factorization_heatmap
     from factorcl_hf.progress import hide_library_progress_bars
     from training.arguments import load_config_file
-    from training.arguments import parse_args as parse_train_args
-    from training.train import train
 
     hide_library_progress_bars()  # the local data's "Downloading data" bars are not the demo's progress
     out = Path(args.output_dir)
@@ -203,34 +248,11 @@ def main(argv=None) -> dict:
         for objective in args.objectives:
             folder = objective.replace(":", "-")
             run_dir = out / folder if len(seeds) == 1 else out / f"seed_{seed}" / folder
-            flags = ["--config", args.config, "--train_data", str(data_dir), *objective_flags(objective),
-                     "--output_dir", str(run_dir), "--seed", str(seed)]
-            if args.max_train_steps:
-                flags += ["--max_train_steps", str(args.max_train_steps)]
-            if args.disable_tqdm:
-                flags.append("--disable_tqdm")
-            run = train(parse_train_args(flags))
+            run, per_seed[objective][seed] = train_and_probe(args, objective, seed, data_dir, run_dir, splits)
             runs.setdefault(objective, run)  # the first seed's run is the one reloaded below
-            keys = (*METRICS, "club_critic_check", "factorization_fit")
-            record = {k: run.results[k] for k in keys if k in run.results}
-            supervised = objective_spec(objective.partition(":")[0]).supervised
-            attributes = ATTRIBUTES + (LABEL_BITS if supervised else ())
-            # What leaks nonlinearly is a question about Z_S and Z_U: the MLP probe (slower) only where they exist.
-            probes = [p for p in args.probes if p == "linear" or getattr(run.model.objective, "factorized", False)]
-            record["factorization"] = factorization_report(run.model, run.processor, splits["train"], splits["test"],
-                                                           attributes, probes=probes, seed=seed)
-            per_seed[objective][seed] = record
-
-    # The saved model must reproduce the trained one exactly.
     checked = args.objectives[0]
     trained = runs[checked]
-    reloaded = FactorCLModel.from_pretrained(trained.results["model_dir"])
-    sample = splits["test"].select(range(min(64, len(splits["test"]))))
-    before = encode_image_text(trained.model, trained.processor, sample)
-    after = encode_image_text(reloaded, trained.processor, sample)
-    reload_diff = max((before[m][k] - after[m][k]).abs().max().item() for m in before for k in before[m])
-    if reload_diff != 0:
-        raise RuntimeError(f"Reloaded {checked} embeddings differ from the trained ones (max abs diff {reload_diff})")
+    reload_diff = reload_difference(trained, splits["test"])
 
     results = {name: {**summarize(per_seed[name]), "seeds": per_seed[name]} for name in args.objectives}
     if len(args.objectives) > 1:
