@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # training.seed_statistics: the intervals the main job prints
 RECORDS = ROOT / "docs" / "results"
 DOCUMENTS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 BLOCK = re.compile(r"(<!-- (table|value): (.+?) -->)(.*?)(<!-- /\2 -->)", re.DOTALL)
@@ -227,6 +228,27 @@ def train_step(path: str) -> str:
                    "over `cross_self`", "over the previous default"], rows)
 
 
+def synthetic_differences(path: str, method: str, *baselines: str) -> str:
+    """``method`` minus each baseline on the sweep (points, paired over seeds, 95% interval),
+    per unique share, on both readouts."""
+    from training.seed_statistics import paired_difference
+
+    rows_by = {}
+    for row in record(path):
+        rows_by.setdefault((row["method"], row["unique_share"]), {})[row["seed"]] = row
+    shares = sorted({u for m, u in rows_by if m == method})
+    rows = []
+    for baseline in baselines:
+        for readout, label in (("probe_acc", "[Z_S; Z_U]"), ("backbone_probe_acc", "backbone")):
+            cells = []
+            for u in shares:
+                ours, theirs = rows_by[(method, u)], rows_by[(baseline, u)]
+                cells.append(_interval(paired_difference({s: r[readout] for s, r in ours.items()},
+                                                         {s: r[readout] for s, r in theirs.items()})))
+            rows.append([f"`{method} - {baseline}`", label, *cells])
+    return _table(["difference (points)", "readout", *(f"u={u:g}" for u in shares)], rows)
+
+
 def mi_estimates(path: str) -> str:
     """examples/mi_estimation.py's estimates against the true MI (nats)."""
     rows = [[f"{r['true_mi']:g}", f"{r['infonce']:.2f}", f"{r['nce_club']:.2f}", f"{r['club_of_optimal_critic']:.2f}"]
@@ -353,7 +375,7 @@ def term_table(path: str, key: str) -> str:
 
 RENDERERS = {function.__name__: function for function in (
     main_job, comparisons, factorization, gates, seeds, metric, difference, recipes, open_clip_speed, synthetic,
-    synthetic_probing, mi_estimates, train_step, conditional_mi, synthetic_runs, club_check, issue11_targets,
+    synthetic_probing, synthetic_differences, mi_estimates, train_step, conditional_mi, synthetic_runs, club_check, issue11_targets,
     term_table,
 )}
 

@@ -17,7 +17,7 @@ import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-__all__ = ["PackageRuntimeError", "UsageOutcome", "debug_requested", "usage_errors"]
+__all__ = ["PackageRuntimeError", "UsageOutcome", "console_main", "debug_requested", "usage_errors"]
 
 
 class PackageRuntimeError(RuntimeError):
@@ -55,3 +55,12 @@ def usage_errors(prog: str, debug: bool = False):
             raise
         print(f"{prog}: error: {error}", file=sys.stderr)
         outcome.status = 1
+
+
+def console_main(prog: str, run, argv=None) -> int:
+    """A console script's ``main``: ``run(argv)`` (default ``sys.argv[1:]``) inside
+    :func:`usage_errors`; its exit status (0 when nothing was raised)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    with usage_errors(prog, debug="--debug" in argv) as outcome:
+        run(argv)
+    return outcome.status

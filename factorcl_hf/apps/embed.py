@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoProcessor
 
-from ..cli import usage_errors
+from ..cli import console_main
 from ..data.image_text import drop_undecodable_images, load_image_text_dataset
 from ..evaluation.embed import EMBEDDING_TYPES, embed_image_files, extract_embeddings
 from ..modeling_factorcl import FactorCLModel
@@ -294,10 +294,7 @@ def run_embed(argv: list[str] | None = None) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``factorcl-embed``): exit status 0 on success, 2 with one line for
     a bad option, model or input (``--debug`` shows the traceback)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    with usage_errors("factorcl-embed", debug="--debug" in argv) as outcome:
-        run_embed(argv)
-    return outcome.status
+    return console_main("factorcl-embed", run_embed, argv)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..cli import usage_errors
+from ..cli import console_main
 from ..evaluation.embed import extract_embeddings, load_image
 from ..evaluation.retrieval import score_matrix
 from .embed import INDEX_METADATA_KEY, load_model, model_identity
@@ -130,10 +130,7 @@ def run_search(argv: list[str] | None = None) -> list[tuple[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``factorcl-search``): exit status 0 on success, 2 with one line
     for a bad option, index, model or query (``--debug`` shows the traceback)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    with usage_errors("factorcl-search", debug="--debug" in argv) as outcome:
-        run_search(argv)
-    return outcome.status
+    return console_main("factorcl-search", run_search, argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from transformers import AutoProcessor
 
-from ..cli import usage_errors
+from ..cli import console_main
 from ..data.image_text import drop_undecodable_images, load_image_text_dataset
 from ..hub import class_names
 from ..integrity import check_model_path
@@ -307,10 +307,7 @@ def run(argv: list[str] | None = None) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``factorcl-evaluate``): exit status 0 on success, 2 with one line
     for a bad option, model or data (``--debug`` shows the traceback)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    with usage_errors("factorcl-evaluate", debug="--debug" in argv) as outcome:
-        run(argv)
-    return outcome.status
+    return console_main("factorcl-evaluate", run, argv)
 
 
 if __name__ == "__main__":
