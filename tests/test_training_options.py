@@ -1,6 +1,7 @@
 """Every training option is honoured or refused (issue 25, §4): an option the run would not use
 is refused before any data is read, naming it and what to do instead; a --config recipe's is
-left out with a warning."""
+left out with a warning; gradient accumulation, which would shrink the negatives of the
+contrastive objectives, is refused."""
 
 import dataclasses
 import logging
@@ -120,3 +121,14 @@ def test_a_config_recipe_leaves_out_what_the_run_does_not_use_and_flags_are_stil
     # A flag is a request: refused, even beside a recipe.
     with pytest.raises(ValueError, match="`crop_scale_min` would be ignored: objective 'simclr'"):
         parse_args(["--config", str(DEFAULT_CONFIG), "--objective", "simclr", "--crop_scale_min", "0.5"])
+
+
+# --------------------------------------------------------------- gradient accumulation
+@pytest.mark.parametrize("objective", list(OBJECTIVE_REGISTRY))
+def test_gradient_accumulation_is_refused_for_the_contrastive_objectives(objective):
+    flags = ["--objective", objective, "--gradient_accumulation_steps", "4", "--per_device_train_batch_size", "16"]
+    with pytest.raises(ValueError, match=r"`gradient_accumulation_steps` must be 1, got 4: the objectives are "
+                                         r"contrastive.* its own 16 rows only, not with the 64 .*"
+                                         r"--per_device_train_batch_size.*more processes"):
+        parse_args(flags + (["--label_column", "label"] if OBJECTIVE_REGISTRY[objective].supervised else []))
+    assert parse_args(["--objective", objective, "--gradient_accumulation_steps", "1"]).gradient_accumulation_steps == 1

@@ -131,7 +131,8 @@ class TrainingArguments:
     weight_decay: float = _option(0.01, "AdamW weight decay")
     lr_scheduler_type: str = _option("cosine", "transformers scheduler name")
     num_warmup_steps: int = _option(0, "learning-rate warm-up steps")
-    gradient_accumulation_steps: int = _option(1, "micro-batches per optimizer step")
+    gradient_accumulation_steps: int = _option(1, "micro-batches per optimizer step; must be 1: the objectives are "
+                                               "contrastive, and a micro-batch would only contrast its own rows")
     max_grad_norm: float = _option(1.0, "clip the main parameters' gradient norm (0: off)")
     mixed_precision: Literal["no", "fp16", "bf16"] = _option("no", "mixed precision")
     gradient_checkpointing: bool = _option(False, "recompute the CLIP backbone's activations in the backward pass "
@@ -204,6 +205,18 @@ class TrainingArguments:
             raise ValueError(f"`learning_rate` must be a finite number > 0, got {self.learning_rate}")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("`hub_model_id` (USER/NAME) is required with `push_to_hub`")
+        if self.gradient_accumulation_steps > 1:
+            # Every objective is contrastive (objectives.ContrastiveObjective): a row's negatives are the
+            # other rows of its batch. Accumulated micro-batches would each be a smaller contrastive
+            # problem, not the gradient of the batch they add up to; that needs cached features
+            # (GradCache), which the training step does not implement.
+            raise ValueError(
+                f"`gradient_accumulation_steps` must be 1, got {self.gradient_accumulation_steps}: the objectives are "
+                "contrastive, and each accumulated micro-batch would contrast its rows with its own "
+                f"{self.per_device_train_batch_size} rows only, not with the "
+                f"{self.per_device_train_batch_size * self.gradient_accumulation_steps} of the batch they add up to. "
+                "For a bigger batch raise --per_device_train_batch_size (--gradient_checkpointing, --mixed_precision "
+                "or --lock_image make it fit) or train on more processes, whose features are gathered")
         # An option this run would not use is refused rather than silently ignored (a --config
         # recipe's are left out by `parse_args` instead).
         given = given_options(self)
