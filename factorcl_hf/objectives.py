@@ -734,6 +734,7 @@ def train_club_critics(
     critic_inputs: dict[str, tuple[torch.Tensor, torch.Tensor]],
     optimizer: torch.optim.Optimizer,
     steps: int,
+    loss_scale: float | None = None,
 ) -> list[float]:
     """Run ``steps`` optimizer steps of the CLUB critics on the detached features of one
     batch (no backbone re-run); returns the critic losses.
@@ -742,6 +743,12 @@ def train_club_critics(
     autograd hooks of a DDP-wrapped model untouched (they expect one backward per forward).
     No gradient sync is needed: the critics' inputs are gathered from every process, so
     every process computes the same update.
+
+    ``loss_scale`` (fp16 loss scaling): each loss is multiplied by it before the gradients are
+    taken, so that small ones survive half precision, and the gradients divided by it before
+    the step; a step whose gradients are not finite is then skipped, as a ``GradScaler`` skips
+    one. ``optimizer`` must step on the gradients as given (not accelerate's wrapper of a
+    scaled optimizer, which would unscale them again).
     """
     params = objective.club_critic_parameters()
     losses = []
@@ -749,9 +756,15 @@ def train_club_critics(
         loss = objective.critic_loss(critic_inputs)
         if loss is None:
             break
-        for param, grad in zip(params, torch.autograd.grad(loss, params)):
+        losses.append(loss.item())
+        if loss_scale is None:
+            grads = torch.autograd.grad(loss, params)
+        else:
+            grads = [grad / loss_scale for grad in torch.autograd.grad(loss * loss_scale, params)]
+            if not all(bool(torch.isfinite(grad).all()) for grad in grads):
+                continue
+        for param, grad in zip(params, grads):
             param.grad = grad
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
     return losses

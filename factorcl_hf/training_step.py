@@ -9,6 +9,13 @@ clipping, then the scheduler), then the CLUB critics' optimizer; finally
 ``club_critic_steps - 1`` extra critic steps run on the same detached features
 (:func:`~factorcl_hf.objectives.train_club_critics`). The CLUB critic is thus always evaluated
 on a batch it has not been trained on yet (alternating updates, as in GAN training).
+
+Under fp16 the backward is loss-scaled (accelerate's ``GradScaler``). The CLUB critics' optimizer
+steps outside the scaler, on gradients unscaled here: accelerate's clipping unscales every
+prepared optimizer's gradients and each prepared optimizer's step unscales its own again after
+the previous step's ``update()``, so through the scaler the critics' gradients were divided by
+the scale twice, and the extra steps' (never scaled) once. Their extra steps scale their loss by
+the same factor, and a step whose gradients are not finite is skipped, as the scaler would.
 """
 
 from __future__ import annotations
@@ -77,7 +84,9 @@ def training_step(
             ``VectorFactorCL``), with ``main_parameters()`` and an ``objective`` (when wrapped
             by ``accelerator``, the unwrapped model has them).
         optimizer: the main optimizer (encoders, heads, InfoNCE critics).
-        critic_optimizer: the CLUB critics' optimizer (``None`` for objectives without them).
+        critic_optimizer: the CLUB critics' optimizer (``None`` for objectives without them);
+            prepared by ``accelerator`` or not, the optimizer it wraps steps, outside the loss
+            scaler (see the module's docstring).
         club_critic_steps: CLUB-critic updates per batch (k in the paper): the first with the
             main step, the others on the same detached features.
         scheduler: stepped after the main optimizer, if given.
@@ -88,21 +97,53 @@ def training_step(
     """
     accelerator = accelerator or _NoAccelerator()
     unwrapped = accelerator.unwrap_model(model)
+    scaler = getattr(accelerator, "scaler", None)
+    # The critics' own optimizer, not accelerate's wrapper, whose step would unscale again.
+    critic_step = getattr(critic_optimizer, "optimizer", critic_optimizer)
+    critic_params = [] if critic_optimizer is None else [p for group in critic_step.param_groups for p in group["params"]]
+    loss_scale, critic_grads = None, []
     with accelerator.accumulate(model):
         outputs = model(**inputs)
         accelerator.backward(outputs.loss if outputs.critic_loss is None else outputs.loss + outputs.critic_loss)
-        if max_grad_norm and accelerator.sync_gradients:
-            accelerator.clip_grad_norm_(unwrapped.main_parameters(), max_grad_norm)
+        if accelerator.sync_gradients:
+            # The scale of this backward (the main step's update() may change it), and the critics'
+            # gradients (accumulated at that scale) set aside before the clipping unscales them.
+            loss_scale = scaler.get_scale() if scaler is not None else None
+            critic_grads = _set_aside_gradients(critic_params)
+            if max_grad_norm:
+                accelerator.clip_grad_norm_(unwrapped.main_parameters(), max_grad_norm)
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if critic_optimizer is not None:
-            critic_optimizer.step()
-            critic_optimizer.zero_grad(set_to_none=True)
-    # Under gradient accumulation the optimizers only step on the last micro-batch; so do
-    # the extra critic steps (on that micro-batch's features).
-    if critic_optimizer is not None and club_critic_steps > 1 and accelerator.sync_gradients:
-        with accelerator.autocast():
-            train_club_critics(unwrapped.objective, outputs.critic_inputs, critic_optimizer, club_critic_steps - 1)
+    # Under gradient accumulation the optimizers only step on the last micro-batch; so do the
+    # critics, their extra steps on that micro-batch's features.
+    if critic_params and accelerator.sync_gradients:
+        _step_critics(critic_step, critic_params, critic_grads, loss_scale)
+        if club_critic_steps > 1:
+            with accelerator.autocast():
+                train_club_critics(unwrapped.objective, outputs.critic_inputs, critic_step, club_critic_steps - 1,
+                                   loss_scale=loss_scale)
     return outputs
+
+
+def _set_aside_gradients(params: list[torch.nn.Parameter]) -> list[torch.Tensor | None]:
+    """The gradients of ``params``, which are left without any."""
+    grads = [param.grad for param in params]
+    for param in params:
+        param.grad = None
+    return grads
+
+
+def _step_critics(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], grads: list,
+                  loss_scale: float | None) -> None:
+    """One step of the CLUB critics on ``grads``; with a ``loss_scale`` (fp16), the gradients
+    are unscaled first and the step skipped if they are not finite (an overflow)."""
+    if loss_scale is not None:
+        grads = [None if grad is None else grad / loss_scale for grad in grads]
+        if not all(bool(torch.isfinite(grad).all()) for grad in grads if grad is not None):
+            return
+    for param, grad in zip(params, grads):
+        param.grad = grad
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)

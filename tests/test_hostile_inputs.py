@@ -37,7 +37,7 @@ from factorcl_hf.testing_utils import save_tiny_model
 from training.train import parse_args, train
 
 TINY = ["--tiny_hidden_size", "16", "--tiny_num_layers", "1", "--tiny_projection_dim", "8", "--head_dim", "4",
-        "--head_hidden_dim", "8", "--critic_hidden_dim", "8", "--per_device_train_batch_size", "4", "--disable_tqdm",
+        "--head_hidden_dim", "8", "--per_device_train_batch_size", "4", "--disable_tqdm",
         "--objective", "simclr", "--max_train_steps", "1"]
 # A caption a hostile user might write: 10,000 distinct words (one hung the tokenizer build).
 HUGE_CAPTION = " ".join("w" + "".join(chr(97 + i // 26**k % 26) for k in range(3)) for i in range(10_000))

@@ -44,7 +44,7 @@ from training.train import main as train_main
 from training.train import parse_args, train
 
 TINY = ["--tiny_hidden_size", "16", "--tiny_num_layers", "1", "--tiny_projection_dim", "8", "--head_dim", "4",
-        "--head_hidden_dim", "8", "--critic_hidden_dim", "8", "--per_device_train_batch_size", "4",
+        "--head_hidden_dim", "8", "--per_device_train_batch_size", "4",
         "--eval_split", "none", "--disable_tqdm", "--objective", "simclr"]
 SMALL_HEADS = dict(head_dim=4, head_hidden_dim=8, critic_hidden_dim=8, critic_embed_dim=4)
 
@@ -169,7 +169,7 @@ def test_bad04_a_stream_gets_its_label_set_before_training(tmp_path, monkeypatch
     # The first 8 rows (the sample) hold classes 0..3; class 7 comes later.
     shards = _label_stream(tmp_path / "shards", [0, 1, 2, 3] * 2 + [7, 0, 1, 7, 2, 3, 0, 1])
     stream = ["--streaming", "--streaming_sample_rows", "8", "--streaming_shuffle_buffer", "4", "--max_train_steps", "3",
-              "--label_column", "label", "--objective", "factorcl_sup"]
+              "--label_column", "label", "--objective", "factorcl_sup", "--critic_hidden_dim", "8"]
     with monkeypatch.context() as patched:
         no_model_built(patched)
         with pytest.raises(ValueError, match="give `--num_labels N`"):

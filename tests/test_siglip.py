@@ -75,6 +75,44 @@ def test_a_load_without_weights_initialises_siglip_as_siglip_does(siglip_dir):
     assert q.std().item() == pytest.approx((2 / sum(q.shape)) ** 0.5, rel=0.25)  # xavier_uniform
 
 
+def test_lock_image_freezes_the_siglip_vision_tower_and_its_pooling_head(siglip_dir):
+    """SiglipModel has no projection of its own (CLIP's `visual_projection`): each tower ends in
+    its `head`, the vision tower's attention-pooling head, the text tower's linear layer. A
+    lock freezes the whole tower; unlocked layers free the last layers, final norm and head."""
+    from training.arguments import parse_args
+    from training.loop import prepare_backbone
+
+    folder, _ = siglip_dir
+    model = FactorCLModel.from_clip(folder, **HEADS)
+    prepare_backbone(parse_args(["--clip_model", str(folder), "--lock_image", "--lock_text",
+                                 "--lock_text_unlocked_layers", "1"]), model)
+    vision, text = model.clip.vision_model, model.clip.text_model
+
+    def trainable(module):
+        return {p.requires_grad for p in module.parameters()}
+
+    assert trainable(vision) == {False} and trainable(vision.head) == {False}
+    assert trainable(text.embeddings) == trainable(text.encoder.layers[0]) == {False}
+    assert trainable(text.encoder.layers[-1]) == trainable(text.final_layer_norm) == trainable(text.head) == {True}
+    assert trainable(model.objective) == {True}
+    assert not {id(p) for p in vision.parameters()} & {id(p) for p in model.main_parameters()}
+
+
+def test_a_siglip_run_with_a_locked_image_tower_trains_the_text_tower_only(siglip_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    folder, data = siglip_dir
+    main(["--clip_model", str(folder), "--train_data", str(data), "--output_dir", str(tmp_path), "--objective", "siglip",
+          "--max_train_steps", "2", "--per_device_train_batch_size", "4", "--eval_split", "none", "--disable_tqdm",
+          "--head_dim", "8", "--head_hidden_dim", "16", "--lock_image", "--learning_rate", "1e-3"])
+    trained = load_file(tmp_path / "model" / "model.safetensors")
+    start = {f"clip.{k}": v for k, v in SiglipModel.from_pretrained(folder).state_dict().items()}
+    vision = [k for k in trained if k.startswith("clip.vision_model.")]
+    assert any(k.startswith("clip.vision_model.head.") for k in vision)
+    assert all(torch.equal(trained[k], start[k]) for k in vision), "the locked image tower changed"
+    assert any(not torch.equal(trained[k], start[k]) for k in trained if k.startswith("clip.text_model."))
+
+
 def test_sigmoid_loss_matches_its_definition():
     torch.manual_seed(0)
     objective = build_objective("siglip", (6, 6), head_dim=4, head_hidden_dim=8)
@@ -112,7 +150,7 @@ def test_siglip_trains_saves_and_reloads_without_the_package(siglip_dir, tmp_pat
     folder, data = siglip_dir
     main(["--clip_model", str(folder), "--train_data", str(data), "--output_dir", str(tmp_path), "--objective",
           objective, "--max_train_steps", "3", "--per_device_train_batch_size", "4", "--eval_split", "none",
-          "--disable_tqdm", "--head_dim", "8", "--head_hidden_dim", "16", "--critic_hidden_dim", "16"])
+          "--disable_tqdm", "--head_dim", "8", "--head_hidden_dim", "16"])
     saved = tmp_path / "model"
     loaded = FactorCLModel.from_pretrained(saved)
     assert loaded.config.backbone_type == "siglip" and loaded.config.objective == objective

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from transformers import CLIPModel
 
 from factorcl_hf import FactorCLConfig
+from factorcl_hf.configuration_factorcl import OBJECTIVE_REGISTRY
 from factorcl_hf.data.shapes import write_shapes_imagefolder
 from factorcl_hf.estimators import CosineCritic
 from factorcl_hf.objectives import ClosedFormFactorCLObjective, ContrastiveObjective, FactorCLObjective, build_objective
@@ -21,8 +22,10 @@ from training.train import main, parse_args, run, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--tiny_hidden_size", "32", "--tiny_num_layers", "1", "--tiny_projection_dim", "16", "--head_dim", "8",
-        "--head_hidden_dim", "16", "--critic_hidden_dim", "16", "--per_device_train_batch_size", "8",
-        "--eval_split", "none", "--disable_tqdm", "--learning_rate", "1e-3", "--logit_temperature", "0.07"]
+        "--head_hidden_dim", "16", "--per_device_train_batch_size", "8", "--eval_split", "none", "--disable_tqdm",
+        "--learning_rate", "1e-3", "--logit_temperature", "0.07"]
+# The objectives with learned critics take their size; the baselines refuse it.
+CRITICS = ["--critic_hidden_dim", "16"]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +34,9 @@ def data_dir(tmp_path_factory):
 
 
 def run_flags(data_dir, out, *extra):
-    return ["--train_data", str(data_dir), "--label_column", "label", "--output_dir", str(out), *TINY, *extra]
+    objective = extra[extra.index("--objective") + 1] if "--objective" in extra else "factorcl_ssl"
+    critics = CRITICS if objective in OBJECTIVE_REGISTRY and OBJECTIVE_REGISTRY[objective].six_bounds else []
+    return ["--train_data", str(data_dir), "--label_column", "label", "--output_dir", str(out), *TINY, *critics, *extra]
 
 
 def test_one_default_per_option():
@@ -229,7 +234,7 @@ def test_string_labels_and_the_csv_split_column(data_dir, tmp_path):
     config and card, and the CSV's own test split gives the metrics."""
     table = shapes_table(data_dir, tmp_path / "shapes.csv")
     flags = ["--train_data", str(table), "--label_column", "shape", "--output_dir", str(tmp_path / "out"), *TINY,
-             "--objective", "factorcl_sup", "--max_train_steps", "1", "--eval_split", "test"]
+             *CRITICS, "--objective", "factorcl_sup", "--max_train_steps", "1", "--eval_split", "test"]
     results = run(flags)
     assert {"mean_R@1", "factorized_accuracy"} <= results.keys()
     from transformers import AutoConfig
@@ -372,7 +377,7 @@ def test_streaming_trains_like_the_map_style_run(data_dir, tmp_path):
     """The same Parquet shards, streamed or loaded: both runs train (the loss falls) to
     comparable losses, and the streamed one evaluates on --eval_data."""
     shards = parquet_shards(data_dir, tmp_path / "shards")
-    flags = ["--train_data", str(shards), "--label_column", "label", *TINY, "--objective", "factorcl_sup",
+    flags = ["--train_data", str(shards), "--label_column", "label", *TINY, *CRITICS, "--objective", "factorcl_sup",
              "--max_train_steps", "6", "--logging_steps", "1", "--learning_rate", "3e-3"]
 
     def losses(name, *extra):

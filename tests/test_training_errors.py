@@ -21,7 +21,7 @@ from training.train import main, parse_args, train
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--tiny_hidden_size", "16", "--tiny_num_layers", "1", "--tiny_projection_dim", "8", "--head_dim", "4",
-        "--head_hidden_dim", "8", "--critic_hidden_dim", "8", "--per_device_train_batch_size", "4",
+        "--head_hidden_dim", "8", "--per_device_train_batch_size", "4",
         "--eval_split", "none", "--disable_tqdm", "--objective", "simclr"]
 
 

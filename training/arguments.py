@@ -5,6 +5,11 @@ Values come from the defaults below, then a ``--config`` file (YAML or JSON, the
 unknown keys are an error), then command-line flags, which win. The options named like a
 ``FactorCLConfig`` field (objective, heads, critics: the architecture) go to the model's
 config, whose defaults are the same (a test checks it); the others say how it is trained.
+
+An option the run would not use (a critic option for a baseline objective, an augmentation for
+an objective without augmented views, ...: :func:`unused_options`) is refused, naming it and
+what to do instead, rather than silently ignored; a ``--config`` recipe's is left out, with a
+warning.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +26,12 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 from factorcl_hf.configuration_factorcl import (
-    ESTIMATOR_PRESETS, FACTORCL_TERMS, OBJECTIVE_REGISTRY, check_term_weights, estimator_preset,
+    ESTIMATOR_PRESETS, FACTORCL_TERMS, OBJECTIVE_REGISTRY, check_term_weights, estimator_preset, objective_spec,
 )
 
-__all__ = ["TrainingArguments", "parse_args", "load_config_file"]
+__all__ = ["TrainingArguments", "parse_args", "load_config_file", "given_options", "unused_options"]
+
+log = logging.getLogger("factorcl.train")
 
 
 # "factorcl_ssl: tracked_no_cond_nce, ..." for --help: the presets objectives with CLUB terms use.
@@ -59,9 +67,9 @@ class TrainingArguments:
                                             "num_labels); default: the ClassLabel's names or the sorted strings")
     allow_outside_paths: bool = _option(False, "let a CSV/JSONL/Parquet file's image paths (absolute, `..`) and an "
                                         "imagefolder's symlinks lead outside the data's folder (refused by default)")
-    num_train_samples: int = _option(2000, "size of the embedded dataset when --train_data is not given")
-    unique_share: float | None = _option(None, "embedded dataset: share of labels from unique attributes "
-                                         "(default: the dataset's)")
+    num_train_samples: int = _option(2000, "size of the embedded dataset (without --train_data)")
+    unique_share: float | None = _option(None, "embedded dataset (without --train_data): share of labels from unique "
+                                         "attributes (default: the dataset's)")
     dataloader_num_workers: int = _option(0, "data-loader worker processes")
     streaming: bool = _option(False, "stream --train_data (a datasets IterableDataset, sharded across processes): a "
                               "Hub dataset bigger than the disk trains without a download; needs --max_train_steps")
@@ -70,7 +78,7 @@ class TrainingArguments:
                                          "the linear probe's training features")
     retrieval_match_columns: list[str] | None = _option(None, "also report retrieval where any item agreeing with "
                                                         "the query on these columns is a hit")
-    # -- model: a CLIP checkpoint, or a tiny random CLIP
+    # -- model: a CLIP checkpoint, or a tiny random CLIP (the tiny_* options, refused with --clip_model)
     clip_model: str | None = _option(None, "CLIP or SigLIP checkpoint (Hub id or dir) to start from; default: a tiny random CLIP")
     tiny_image_size: int = _option(32, "tiny CLIP: image size")
     tiny_patch_size: int = _option(8, "tiny CLIP: patch size")
@@ -84,7 +92,8 @@ class TrainingArguments:
                               "FactorCL heads and critics train")
     lock_text_unlocked_layers: int = _option(0, "with --lock_text: leave its last N transformer layers (and the final "
                                              "norm and projection) trainable")
-    # -- model: objective, heads and critics (FactorCLConfig fields, same defaults)
+    # -- model: objective, heads and critics (FactorCLConfig fields, same defaults); the baselines (simclr,
+    # siglip, supcon, cross_self) have heads and a temperature only, and refuse the critic options
     objective: str = _option("factorcl_ssl", "a name of factorcl_hf.configuration_factorcl.OBJECTIVE_REGISTRY "
                              "(README: Training); supervised objectives need --label_column")
     head_dim: int = _option(64, "output size of every projection head")
@@ -94,7 +103,8 @@ class TrainingArguments:
     critic_num_hidden_layers: int = _option(1, "hidden layers of the learned critics (paper: 1)")
     alignment_critic_type: str = _option("cosine", "critic of the shared InfoNCE term, which also scores retrieval: "
                                          "cosine (the CLIP loss), concat or separable")
-    logit_temperature: float = _option(0.1, "temperature of cosine critics (logits = cos / temperature)")
+    logit_temperature: float = _option(0.1, "temperature of cosine critics (logits = cos / temperature); siglip "
+                                       "trains with a learned scale and bias, its temperature scales logits_per_image")
     critic_chunk_size: int | None = _option(None, "rows of the all-pairs critics evaluated at a time (bounds memory)")
     estimators: str | None = _option(None, "how the conditional and CLUB terms are estimated: "
                                      f"{', '.join(ESTIMATOR_PRESETS)} (docs/estimators.md; default: the objective's, "
@@ -108,7 +118,7 @@ class TrainingArguments:
                                                  "(paper: --learning_rate, tracked: 10x)")
     club_head_lr_scale: float | None = _option(None, "learning rate of the heads only the CLUB terms train, over "
                                                "--learning_rate (paper 1, tracked 10)")
-    # -- augmentations (objectives that need augmented views)
+    # -- augmentations (objectives with augmented views; refused by the others)
     crop_scale_min: float = _option(0.2, "smallest crop area of the image augmentation (paper: 0.2)")
     text_augmentation: Literal["delete", "mask", "none"] = _option("delete", "text augmentation of each caption")
     # -- optimization
@@ -121,7 +131,8 @@ class TrainingArguments:
     weight_decay: float = _option(0.01, "AdamW weight decay")
     lr_scheduler_type: str = _option("cosine", "transformers scheduler name")
     num_warmup_steps: int = _option(0, "learning-rate warm-up steps")
-    gradient_accumulation_steps: int = _option(1, "micro-batches per optimizer step")
+    gradient_accumulation_steps: int = _option(1, "micro-batches per optimizer step; must be 1: the objectives are "
+                                               "contrastive, and a micro-batch would only contrast its own rows")
     max_grad_norm: float = _option(1.0, "clip the main parameters' gradient norm (0: off)")
     mixed_precision: Literal["no", "fp16", "bf16"] = _option("no", "mixed precision")
     gradient_checkpointing: bool = _option(False, "recompute the CLIP backbone's activations in the backward pass "
@@ -194,13 +205,25 @@ class TrainingArguments:
             raise ValueError(f"`learning_rate` must be a finite number > 0, got {self.learning_rate}")
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("`hub_model_id` (USER/NAME) is required with `push_to_hub`")
-        if estimator_preset(self.estimators, self.objective).layout == "closed_form":
-            # The closed_form layout plays no CLUB game: these options would be silently ignored.
-            club = [name for name in ("club_critic_steps", "critic_learning_rate", "club_head_lr_scale")
-                    if getattr(self, name) is not None] + (["club_critic_check_steps"] * bool(self.club_critic_check_steps))
-            if club:
-                raise ValueError(f"{club} configure the CLUB critics, which the closed_form estimators of "
-                                 f"{self.objective!r} do not have; pass `--estimators tracked` to train with them")
+        if self.gradient_accumulation_steps > 1:
+            # Every objective is contrastive (objectives.ContrastiveObjective): a row's negatives are the
+            # other rows of its batch. Accumulated micro-batches would each be a smaller contrastive
+            # problem, not the gradient of the batch they add up to; that needs cached features
+            # (GradCache), which the training step does not implement.
+            raise ValueError(
+                f"`gradient_accumulation_steps` must be 1, got {self.gradient_accumulation_steps}: the objectives are "
+                "contrastive, and each accumulated micro-batch would contrast its rows with its own "
+                f"{self.per_device_train_batch_size} rows only, not with the "
+                f"{self.per_device_train_batch_size * self.gradient_accumulation_steps} of the batch they add up to. "
+                "For a bigger batch raise --per_device_train_batch_size (--gradient_checkpointing, --mixed_precision "
+                "or --lock_image make it fit) or train on more processes, whose features are gathered")
+        # An option this run would not use is refused rather than silently ignored (a --config
+        # recipe's are left out by `parse_args` instead).
+        given = given_options(self)
+        for options, why in unused_options(self):
+            named = [name for name in options if name in given]
+            if named:
+                raise ValueError(f"{', '.join(f'`{name}`' for name in named)} would be ignored: {why}")
         self.term_weights = parse_term_weights(self.term_weights, self.objective)
         if self.term_weights:
             estimator_preset(self.estimators, self.objective).weights(self.term_weights)
@@ -214,7 +237,61 @@ class TrainingArguments:
         )
 
 
-_OPTIONS = tuple(f.name for f in dataclasses.fields(TrainingArguments))
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainingArguments)}
+_OPTIONS = tuple(_DEFAULTS)
+# The options that only some runs use, by group (see `unused_options`).
+_CRITIC_OPTIONS = ("estimators", "critic_type", "critic_hidden_dim", "critic_num_hidden_layers", "alignment_critic_type",
+                   "critic_chunk_size")
+_CLUB_OPTIONS = ("club_critic_steps", "critic_learning_rate", "club_head_lr_scale", "club_critic_check_steps")
+_AUGMENTATION_OPTIONS = ("crop_scale_min", "text_augmentation")
+_TINY_OPTIONS = tuple(name for name in _OPTIONS if name.startswith("tiny_"))
+_STREAMING_OPTIONS = tuple(name for name in _OPTIONS if name.startswith("streaming_"))
+
+
+def given_options(args) -> set[str]:
+    """The options of ``args`` whose value differs from the declared default: the ones given."""
+    return {name for name, default in _DEFAULTS.items() if getattr(args, name) != default}
+
+
+def unused_options(args) -> list[tuple[tuple[str, ...], str]]:
+    """The groups of options that the run ``args`` describes would not use, each with why and
+    what to do instead (``args``: anything with the options as attributes). A given option of
+    these is refused (``TrainingArguments``); a ``--config`` recipe's is left out (:func:`parse_args`)."""
+    spec, objective = objective_spec(args.objective), repr(args.objective)
+    groups = []
+    if not spec.six_bounds:
+        # The baselines read the head sizes and the temperature only (objectives.build_objective).
+        groups.append((_CRITIC_OPTIONS + _CLUB_OPTIONS + ("factorization_rows",),
+                       f"objective {objective} is a baseline with a loss of its own, without learned critics, "
+                       "estimators, CLUB game or factorization fit; leave them out, or train one of "
+                       f"{_objectives('six_bounds')}"))
+    elif (preset := estimator_preset(args.estimators, args.objective)).layout == "closed_form":
+        groups.append((_CLUB_OPTIONS, f"the closed_form estimators of {objective} have no CLUB critics; "
+                                      "pass `--estimators tracked` to train with them"))
+    else:
+        groups.append((("factorization_rows",), "only the closed_form estimators fit a factorization after training, "
+                                                f"not the {preset.name!r} estimators of {objective}"))
+    if not spec.augmented_views:
+        groups.append((_AUGMENTATION_OPTIONS, f"objective {objective} trains without augmented views (those with "
+                                              f"them: {_objectives('augmented_views')})"))
+    for modality in ("image", "text"):
+        if not getattr(args, f"lock_{modality}"):
+            groups.append(((f"lock_{modality}_unlocked_layers",),
+                           f"it leaves layers of a locked {modality} tower trainable; add --lock_{modality}"))
+    if args.clip_model:
+        groups.append((_TINY_OPTIONS, f"they size the tiny random CLIP built without --clip_model; "
+                                      f"{args.clip_model!r} has its own sizes"))
+    if args.train_data is not None:
+        groups.append((("num_train_samples", "unique_share"),
+                       "they shape the embedded dataset, which is written only without --train_data"))
+    if not args.streaming:
+        groups.append((_STREAMING_OPTIONS, "they configure --streaming, which is not given"))
+    return groups
+
+
+def _objectives(flag: str) -> list[str]:
+    """The objectives whose :class:`ObjectiveSpec` has ``flag`` set."""
+    return [spec.name for spec in OBJECTIVE_REGISTRY.values() if getattr(spec, flag)]
 
 
 def parse_term_weights(value, objective: str | None = None) -> dict[str, float] | None:
@@ -251,12 +328,27 @@ def load_config_file(path: str) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainingArguments:
-    """Defaults, overridden by the ``--config`` file, overridden by the flags in ``argv``."""
+    """Defaults, overridden by the ``--config`` file, overridden by the flags in ``argv``.
+
+    A config file is a recipe that may serve several runs (training/demo.py trains its recipe
+    with three objectives, on data it wrote itself): the recipe's options that this run would
+    not use (:func:`unused_options`) are left out, with a warning naming them. The same options
+    given as flags are refused."""
     parser = HfArgumentParser(TrainingArguments, description=__doc__.split("\n\n")[0])
     config_path = argparse.ArgumentParser(add_help=False)
     config_path.add_argument("--config")
     path = config_path.parse_known_args(argv)[0].config
-    if path:
-        parser.set_defaults(**load_config_file(path))
-    (args,) = parser.parse_args_into_dataclasses(argv, look_for_args_file=False)
-    return args
+    recipe = load_config_file(path) if path else {}
+    # Which options the command line gives: parsed once without the recipe.
+    flagged = given_options(parser.parse_args(argv))
+    parser.set_defaults(**recipe)
+    values = vars(parser.parse_args(argv))
+    from_recipe = given_options(argparse.Namespace(**{**_DEFAULTS, **recipe})) - flagged
+    left_out = []
+    for options, why in unused_options(argparse.Namespace(**values)):
+        named = [name for name in options if name in from_recipe]
+        values.update({name: _DEFAULTS[name] for name in named})
+        left_out += [f"{', '.join(f'`{name}`' for name in named)} ({why})"] * bool(named)
+    if left_out:
+        log.warning("--config %s: left out options this run does not use: %s", path, "; ".join(left_out))
+    return TrainingArguments(**values)

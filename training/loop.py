@@ -327,11 +327,40 @@ def build_model_and_processor(args: TrainingArguments, data: TrainingData, check
     return FactorCLModel(FactorCLConfig(clip_config=clip_config, **options)), processor
 
 
+# Per backbone and modality: the tower, its final norm and its projection to the embedding
+# space, as paths from the backbone. CLIP's projections sit beside the towers (CLIPModel's
+# `visual_projection`, `text_projection`); SiglipModel has none: each tower ends in its own
+# `head` (the vision tower's attention-pooling head, the text tower's linear layer), whose
+# output is the embedding (`pooler_output`).
+TOWER_PARTS = {
+    "clip": {"image": ("vision_model", "vision_model.post_layernorm", "visual_projection"),
+             "text": ("text_model", "text_model.final_layer_norm", "text_projection")},
+    "siglip": {"image": ("vision_model", "vision_model.post_layernorm", "vision_model.head"),
+               "text": ("text_model", "text_model.final_layer_norm", "text_model.head")},
+}
+
+
+def tower_parts(model: FactorCLModel, modality: str) -> tuple[torch.nn.Module, torch.nn.ModuleList, list[torch.nn.Module]]:
+    """``(tower, layers, tail)`` of the backbone's ``modality`` tower: what ``--lock_<modality>``
+    freezes (the tower and its projection), its transformer layers, and the final norm and
+    projection that ``--lock_<modality>_unlocked_layers`` leaves trainable with the last layers.
+    (A SigLIP vision tower built without its pooling head has no projection.)"""
+    tower_path, *tail_paths = TOWER_PARTS[model.config.backbone_type][modality]
+    tower = model.clip.get_submodule(tower_path)
+    tail = []
+    for path in tail_paths:
+        try:
+            tail.append(model.clip.get_submodule(path))
+        except AttributeError:
+            continue
+    return tower, tower.encoder.layers, tail
+
+
 def prepare_backbone(args: TrainingArguments, model: FactorCLModel) -> None:
-    """``--gradient_checkpointing``, and ``--lock_image`` / ``--lock_text``: freeze a CLIP
-    tower but its last N layers, final norm and projection (none of them with N = 0). Frozen
-    parameters get no gradient and are left out of the optimizer (``main_parameters``), so
-    they do not change at all."""
+    """``--gradient_checkpointing``, and ``--lock_image`` / ``--lock_text``: freeze a tower of
+    the backbone (CLIP or SigLIP: :data:`TOWER_PARTS`) but its last N layers, final norm and
+    projection (none of them with N = 0). Frozen parameters get no gradient and are left out
+    of the optimizer (``main_parameters``), so they do not change at all."""
     if args.gradient_checkpointing:
         # transformers >= 5.x names it activation checkpointing (the old name warns FutureWarning).
         enable = getattr(model.clip, "activation_checkpointing_enable", None)
@@ -339,23 +368,21 @@ def prepare_backbone(args: TrainingArguments, model: FactorCLModel) -> None:
             enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    towers = {"image": ("vision_model", "visual_projection", "post_layernorm"),
-              "text": ("text_model", "text_projection", "final_layer_norm")}
-    for modality, (tower_name, projection, final_norm) in towers.items():
+    for modality in ("image", "text"):
         if not getattr(args, f"lock_{modality}"):
             continue
         if not args.clip_model:
             log.warning("--lock_%s without --clip_model freezes the %s tower of a randomly initialised tiny CLIP: "
                         "it will never learn. Give --clip_model to lock a pretrained tower", modality, modality)
         unlocked = getattr(args, f"lock_{modality}_unlocked_layers")
-        tower, layers = getattr(model.clip, tower_name), getattr(model.clip, tower_name).encoder.layers
+        tower, layers, tail = tower_parts(model, modality)
         if unlocked > len(layers):
             raise ValueError(f"`lock_{modality}_unlocked_layers` is {unlocked}, but the {modality} tower has "
                              f"{len(layers)} layers")
-        for parameter in [*tower.parameters(), *getattr(model.clip, projection).parameters()]:
-            parameter.requires_grad_(False)
+        for module in (tower, *tail):
+            module.requires_grad_(False)
         if unlocked:
-            for module in [*layers[len(layers) - unlocked:], getattr(tower, final_norm), getattr(model.clip, projection)]:
+            for module in (*layers[len(layers) - unlocked:], *tail):
                 module.requires_grad_(True)
     if args.lock_image or args.lock_text:
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
