@@ -1,6 +1,6 @@
 """Every training option is honoured or refused (issue 25, §4): an option the run would not use
 is refused before any data is read, naming it and what to do instead; a --config recipe's is
-left out with a warning; gradient accumulation, which would shrink the negatives of the
+left out with an info line; gradient accumulation, which would shrink the negatives of the
 contrastive objectives, is refused."""
 
 import dataclasses
@@ -107,8 +107,8 @@ def test_the_baselines_refused_critic_options_are_the_ones_build_objective_ignor
 def test_a_config_recipe_leaves_out_what_the_run_does_not_use_and_flags_are_still_refused(caplog):
     """training/configs/demo.yaml serves three objectives on data written by training/demo.py:
     a simclr run on --train_data leaves out its augmentations and the embedded dataset's
-    shape, with a warning naming them; FactorCL-SSL keeps its augmentations."""
-    with caplog.at_level(logging.WARNING, logger="factorcl.train"):
+    shape, with an info line naming them; FactorCL-SSL keeps its augmentations."""
+    with caplog.at_level(logging.INFO, logger="factorcl.train"):
         simclr = parse_args(["--config", str(DEFAULT_CONFIG), "--train_data", "data", "--objective", "simclr"])
     defaults = TrainingArguments()
     assert (simclr.crop_scale_min, simclr.unique_share) == (defaults.crop_scale_min, defaults.unique_share)

@@ -332,8 +332,8 @@ def parse_args(argv: list[str] | None = None) -> TrainingArguments:
 
     A config file is a recipe that may serve several runs (training/demo.py trains its recipe
     with three objectives, on data it wrote itself): the recipe's options that this run would
-    not use (:func:`unused_options`) are left out, with a warning naming them. The same options
-    given as flags are refused."""
+    not use (:func:`unused_options`) are left out, with an info line naming them (expected of a
+    shared recipe, so not a warning). The same options given as flags are refused."""
     parser = HfArgumentParser(TrainingArguments, description=__doc__.split("\n\n")[0])
     config_path = argparse.ArgumentParser(add_help=False)
     config_path.add_argument("--config")
@@ -350,5 +350,5 @@ def parse_args(argv: list[str] | None = None) -> TrainingArguments:
         values.update({name: _DEFAULTS[name] for name in named})
         left_out += [f"{', '.join(f'`{name}`' for name in named)} ({why})"] * bool(named)
     if left_out:
-        log.warning("--config %s: left out options this run does not use: %s", path, "; ".join(left_out))
+        log.info("--config %s: left out options this run does not use: %s", path, "; ".join(left_out))
     return TrainingArguments(**values)
