@@ -3,6 +3,7 @@ gradients as the library on a tiny case (and the checks fail when the maths diff
 every script runs end to end in its ``--smoke`` mode."""
 
 import math
+import statistics
 
 import pytest
 import torch
@@ -57,7 +58,12 @@ def test_train_step_smoke_checks_every_variant_against_its_reference():
     assert all(r["loss_rel_diff"] <= train_step.MAX_RELATIVE_DIFF for r in rows if r["variant"] not in unchecked)
     by_variant = {r["variant"]: r for r in rows}
     assert by_variant["factorcl_ssl"]["backbone_inputs"] == 2 * by_variant["simclr"]["backbone_inputs"]
-    assert by_variant["simclr"]["vs_simclr"] == pytest.approx(1.0)
+    # The ratios are those of the step times, each the median of its own samples.
+    for r in rows:
+        assert r["step_ms"] == pytest.approx(statistics.median(r["step_samples_ms"]))
+        for key, baseline in (("vs_simclr", "simclr"), ("vs_cross_self", "cross_self"),
+                              ("vs_previous_default", "factorcl_ssl_tracked")):
+            assert r[key] == pytest.approx(r["step_ms"] / by_variant[baseline]["step_ms"]), (r["variant"], key)
 
 
 def test_train_step_check_fails_on_different_maths():

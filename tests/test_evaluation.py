@@ -188,10 +188,19 @@ def test_embeddings_equal_the_models_feature_methods(saved_model, shapes_dir):
     inputs = processor(images=[Image.open(p).convert("RGB") for p in images], return_tensors="pt")
     with torch.no_grad():
         expected = model.get_image_features(pixel_values=inputs["pixel_values"])
-    assert torch.allclose(got["unique"], expected.unique_embeds, atol=1e-5)
-    assert torch.allclose(got["backbone"], expected.backbone_embeds, atol=1e-5)
+    fields = {"pooler": expected.pooler_output, "shared": expected.shared_embeds, "unique": expected.unique_embeds,
+              "factorized": expected.factorized_embeds, "backbone": expected.backbone_embeds}
+    for name in names:
+        assert torch.allclose(got[name], fields[name], atol=1e-5), name
+    # A pair's embedding: its image's, then its caption's (each from the model's feature method).
     pairs = embed_pairs(model, processor, images[:3], captions[:3], "shared")["shared"]
-    assert pairs.shape == (3, 2 * expected.shared_embeds.shape[1])
+    tokens = processor(text=captions[:3], padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+    dim = expected.shared_embeds.shape[1]
+    assert pairs.shape == (3, 2 * dim)
+    assert torch.allclose(pairs[:, :dim], expected.shared_embeds[:3], atol=1e-5)
+    assert torch.allclose(pairs[:, dim:], text.shared_embeds, atol=1e-5)
     with pytest.raises(ValueError, match="embedding"):
         embed_images(model, processor, images, "nonsense")
 

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -94,8 +96,15 @@ def test_heads_are_freshly_initialized_not_zero(tmp_path, clip_config, capfd, ca
     # New heads and critics are said in one line, not transformers' report of every key.
     assert "LOAD REPORT" not in capfd.readouterr().err + caplog.text
     assert caplog.text.count("objective.*") == 1 and "missing or unexpected" not in caplog.text
-    weights = [p for n, p in model.named_parameters() if n.startswith("objective.") and p.dim() == 2]
-    assert weights and all(w.std() > 0 for w in weights)
+    # PyTorch's nn.Linear initialization (kaiming_uniform_ with a = sqrt 5): every weight and bias
+    # of a layer with n inputs uniform on [-1/sqrt(n), 1/sqrt(n)]; scaled by sqrt(n), all of them
+    # together are uniform on [-1, 1], of standard deviation 1/sqrt(3) (not transformers' N(0, 0.02²)).
+    layers = [m for n, m in model.named_modules() if n.startswith("objective.") and isinstance(m, torch.nn.Linear)]
+    scaled = torch.cat([p.detach().flatten() * math.sqrt(m.in_features)
+                        for m in layers for p in (m.weight, m.bias) if p is not None])
+    assert layers and scaled.abs().max() <= 1 + 1e-6
+    assert scaled.std().item() == pytest.approx(1 / math.sqrt(3), rel=0.05)  # ~2,600 values: 5% is ~6 standard errors
+    assert all(m.weight.std() > 0 for m in layers)  # not one value repeated
 
 
 @pytest.mark.parametrize("objective", OBJECTIVES)

@@ -10,14 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 from transformers import CLIPModel
 
 from factorcl_hf import FactorCLConfig
 from factorcl_hf.configuration_factorcl import OBJECTIVE_REGISTRY
+from factorcl_hf.data.image_text import load_image_text_dataset
 from factorcl_hf.data.shapes import write_shapes_imagefolder
-from factorcl_hf.estimators import CosineCritic
+from factorcl_hf.estimators import CosineCritic, negative_log_weights
 from factorcl_hf.objectives import ClosedFormFactorCLObjective, ContrastiveObjective, FactorCLObjective, build_objective
+from training import loop as training_loop
 from training.train import main, parse_args, run, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -128,16 +131,45 @@ def test_logged_records_are_means_over_each_logging_window(data_dir, tmp_path):
         assert windows[1][key] == pytest.approx(per_step[2][key], rel=1e-5, abs=1e-6)
 
 
-def test_club_critic_check_reports_each_club_term(data_dir, tmp_path):
+def test_club_critic_check_reports_each_club_term(data_dir, tmp_path, monkeypatch):
+    seen = {}
+    report = training_loop.club_critic_report
+
+    def spy(estimators, train_inputs, test_inputs, batch_size, *args, **kwargs):
+        seen.update(estimators=estimators, train=train_inputs, test=test_inputs, batch_size=batch_size)
+        return report(estimators, train_inputs, test_inputs, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(training_loop, "club_critic_report", spy)
     flags = run_flags(data_dir, tmp_path, "--objective", "factorcl_ssl", "--estimators", "tracked", "--max_train_steps", "2",
                       "--eval_split", "test", "--club_critic_check_steps", "5")
     results = run(flags)
     check = results["club_critic_check"]
     assert set(check) == {"shared_cond", "unique"}
-    assert all(set(v) == {"trained", "refit"} and all(map(math.isfinite, v.values())) for v in check.values())
+    assert all(set(v) == {"trained", "refit"} for v in check.values())
     # InfoNCE of batches of 8 never exceeds log 8.
     assert all(value <= math.log(8) + 1e-6 for v in check.values() for value in v.values())
     assert json.loads((tmp_path / "results.json").read_text())["club_critic_check"] == check
+    # The critic inputs: every full batch of 8 of each split, in order.
+    splits = load_image_text_dataset(data_dir, "image", "caption", "label")
+    assert seen["batch_size"] == 8
+    for key in check:
+        assert len(seen["train"][key][0]) == len(splits["train"]) // 8 * 8
+        assert len(seen["test"][key][0]) == len(splits["test"]) // 8 * 8
+    # "trained": the InfoNCE of each term's own critic on the test inputs, written out per batch
+    # (mean_i of -log sum_j w_ij exp(S_ij - S_ii), w_ij = 1/8 for uniform negatives).
+    for key, estimator in seen["estimators"].items():
+        x, y, *condition = seen["test"][key]
+        values = []
+        for start in range(0, len(x), 8):
+            rows = slice(start, start + 8)
+            with torch.no_grad():
+                scores = estimator.critic(x[rows], y[rows]).double()
+            if estimator.negatives is None:
+                log_weights = torch.full_like(scores, -math.log(8))
+            else:
+                log_weights = negative_log_weights(estimator.negatives, condition[0][rows]).double()
+            values.append(-(scores - scores.diagonal()[:, None] + log_weights).logsumexp(dim=1).mean().item())
+        assert check[key]["trained"] == pytest.approx(sum(values) / len(values), abs=1e-6), key
 
 
 @pytest.mark.parametrize("objective", ["factorcl_sup", "simclr", "cross_self"])

@@ -137,8 +137,23 @@ class FactorCLModelTest(ModelTesterMixin, unittest.TestCase):
         model = FactorCLModel(config).eval()
         with torch.no_grad():
             out = model(**inputs)
-        self.assertEqual(out.logits_per_image.shape, (BATCH, BATCH))
-        self.assertTrue(torch.isfinite(out.loss))
+            # Each view through its tower alone (the forward runs originals and augmented views together).
+            image = model.get_image_features(pixel_values=inputs["pixel_values"])
+            text = model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+            views = {}
+            if config.uses_augmented_views:
+                views["augmented_1"] = model.get_image_features(pixel_values=inputs["augmented_pixel_values"])
+                views["augmented_2"] = model.get_text_features(input_ids=inputs["augmented_input_ids"],
+                                                               attention_mask=inputs["augmented_attention_mask"])
+            views = {name: embeds.backbone_embeds for name, embeds in views.items()}
+            expected_loss = model.objective(image.backbone_embeds, text.backbone_embeds, **views,
+                                            compute_critic_loss=False).loss
+        # The default alignment critic: cosine similarity over the temperature, written out.
+        a, b = image.pooler_output, text.pooler_output
+        cosine = (a / a.norm(dim=1, keepdim=True)) @ (b / b.norm(dim=1, keepdim=True)).T
+        torch.testing.assert_close(out.logits_per_image, cosine / config.logit_temperature, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(out.logits_per_text, out.logits_per_image.T)
+        torch.testing.assert_close(out.loss, expected_loss, rtol=1e-4, atol=1e-5)
 
     @unittest.skip(reason="Hidden_states is tested in individual model tests (as CLIPModelTest)")
     def test_hidden_states_output(self):
