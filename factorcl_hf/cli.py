@@ -5,7 +5,8 @@ file, column, row or model folder, with a message naming it; the scripts print t
 as one line and exit 2 (a usage error, as ``argparse`` does). ``OSError`` (a disk that
 fills up) and ``RuntimeError`` subclasses the package defines (a run that diverged, a Hub
 that refused) exit 1, also in one line. Anything else is a bug and keeps its traceback.
-``--debug`` or ``FACTORCL_DEBUG=1`` shows the traceback of every error.
+``--debug`` or ``FACTORCL_DEBUG=1`` shows the traceback of every error (``FACTORCL_DEBUG=1``
+also turns on the model's checks of input values, ``integrity.value_checks_enabled``).
 
 Standard library only: the scripts import it before their heavy imports.
 """

@@ -44,7 +44,8 @@ def check_features(
 ):
     """Raise a ValueError naming ``name`` unless ``tensor`` is a ``[batch_size, dim]`` matrix
     (and finite, when ``check_finite``: that check synchronizes with the device, so critics
-    skip it and the objectives run it once on their inputs)."""
+    skip it and the objectives run it on their inputs only with ``FACTORCL_DEBUG``, see
+    ``integrity.value_checks_enabled``)."""
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"`{name}` must be a torch.Tensor of shape [batch, features], got {type(tensor).__name__}")
     if tensor.dim() != 2:

@@ -1,4 +1,5 @@
-"""Checks that saved weights are the ones that were written, and that weights are finite.
+"""Checks that saved weights are the ones that were written, that weights are finite, and
+the value checks of model inputs (finite pixels, token and label ids in range).
 
 safetensors validates its header but not the payload: overwritten bytes load silently (often
 as a NaN or infinite parameter). A ``SHA256SUMS`` file beside the weights (the format of
@@ -7,6 +8,13 @@ and a finiteness check catches damage in folders written without one.
 
 Standard library and torch only: ``modeling_factorcl.py`` imports it, and transformers copies
 it into folders saved for ``trust_remote_code``.
+
+Value checks read a tensor's values, which for a tensor on an accelerator is a device-to-host
+synchronization (about ten per training step if the model ran them). They run where the values
+are on the CPU anyway: the training collator (``data/image_text.py``) checks every batch before
+it reaches the model, and the data loading checks every label. ``FactorCLModel.forward`` and
+the objectives keep the shape and dtype checks (no synchronization) and run the value checks
+only when :func:`value_checks_enabled`: ``FACTORCL_DEBUG`` set to anything but ``0``.
 """
 
 from __future__ import annotations
@@ -18,6 +26,39 @@ from pathlib import Path
 import torch
 
 CHECKSUM_FILE = "SHA256SUMS"
+DEBUG_VARIABLE = "FACTORCL_DEBUG"
+
+
+def value_checks_enabled() -> bool:
+    """Whether the model and objectives check input values (``FACTORCL_DEBUG`` set to anything
+    but ``0``; read at each call, so it can be switched on in a running process)."""
+    return os.environ.get(DEBUG_VARIABLE, "0") not in ("", "0")
+
+
+def check_pixel_values(name: str, pixel_values: torch.Tensor) -> None:
+    """Raise ``ValueError`` naming ``name`` when a float image batch holds NaN or infinity."""
+    if pixel_values.is_floating_point() and not bool(torch.isfinite(pixel_values).all()):
+        raise ValueError(f"`{name}` holds NaN or infinite values; the model would return NaN embeddings")
+
+
+def check_token_ids(name: str, input_ids: torch.Tensor, vocab_size: int) -> None:
+    """Raise ``ValueError`` naming ``name`` and the first id outside ``[0, vocab_size - 1]``."""
+    if input_ids.numel() == 0:
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"`{name}` holds token id {bad}, outside this model's vocabulary [0, {vocab_size - 1}]")
+
+
+def check_label_ids(name: str, labels: torch.Tensor, num_labels: int) -> None:
+    """Raise ``ValueError`` naming ``name`` when a class id is outside ``[0, num_labels - 1]``."""
+    if labels.numel() == 0:
+        return
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= num_labels:
+        raise ValueError(f"`{name}` must be in [0, {num_labels - 1}] (num_labels={num_labels}), "
+                         f"got values in [{low}, {high}]")
 
 
 def sha256_of(path: str | os.PathLike) -> str:
@@ -85,7 +126,8 @@ def verify_checksums(folder: str | os.PathLike, required: str | None = None) -> 
         if actual != expected:
             raise ValueError(
                 f"{path} is damaged: its SHA-256 is {actual}, but {listing} records {expected} "
-                "(the file changed after it was saved; restore it or delete the folder)"
+                "(the file changed after it was saved). Restore it; or, if it was re-saved on purpose (e.g. by "
+                f"another tool), delete {listing} to load the folder without checksums"
             )
     return True
 

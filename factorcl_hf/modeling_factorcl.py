@@ -1,8 +1,8 @@
 """FactorCL model: a CLIP backbone whose image and text embeddings feed a contrastive
 objective (FactorCL or a baseline) that owns the projection heads and critics."""
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: transformers reads `**kwargs: Unpack[TransformersKwargs]`
+# at run time (e.g. which output switches `forward` takes, in its common tests).
 import json
 import logging
 import math
@@ -17,11 +17,21 @@ from torch import nn
 from transformers import AutoConfig, CLIPModel, PreTrainedConfig, PreTrainedModel, SiglipModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, auto_docstring, can_return_tuple
 
 from .conditional_mean import RandomFeatureRidge
 from .configuration_factorcl import BACKBONE_TYPES, FactorCLConfig
-from .integrity import check_finite, check_model_path, check_saved_config, verify_checksums, write_checksums
+from .integrity import (
+    check_finite,
+    check_model_path,
+    check_pixel_values,
+    check_saved_config,
+    check_token_ids,
+    value_checks_enabled,
+    verify_checksums,
+    write_checksums,
+)
 from .objectives import ContrastiveObjective, Representation, build_objective
 from .sentence_transformers_module import write_sentence_transformers_files
 
@@ -30,6 +40,14 @@ logger = logging.getLogger(__name__)
 MODALITIES = ("image", "text")
 # The backbone model class of each supported `FactorCLConfig.backbone_type`.
 BACKBONE_CLASSES = {"clip": CLIPModel, "siglip": SiglipModel}
+# The keywords `forward` and `get_*_features` take besides their own (transformers' common ones,
+# passed on to the backbone towers as `CLIPModel` does); any other is refused by name.
+KWARG_NAMES = frozenset(TransformersKwargs.__annotations__)
+FORWARD_INTRO = (
+    "Logits of every image against every text and, with `return_loss`, the objective's loss. A call with one "
+    "modality only (as the feature-extraction pipelines make) returns its [`FactorCLEmbeddings`], as "
+    "`get_image_features` / `get_text_features` do."
+)
 # The auto classes a saved folder serves through `trust_remote_code`: `AutoModel`, and the one the
 # stock `zero-shot-image-classification` pipeline loads with.
 REMOTE_CODE_AUTO_CLASSES = ("AutoModel", "AutoModelForZeroShotImageClassification")
@@ -37,22 +55,29 @@ REMOTE_CODE_AUTO_CLASSES = ("AutoModel", "AutoModelForZeroShotImageClassificatio
 
 @dataclass
 class FactorCLEmbeddings(ModelOutput):
-    """Embeddings of one modality from [`FactorCLModel.get_image_features`] /
-    [`FactorCLModel.get_text_features`].
+    r"""Embeddings of one modality from [`FactorCLModel.get_image_features`] /
+    [`FactorCLModel.get_text_features`] (argument format of transformers' `auto_docstring`).
 
     Args:
-        pooler_output: the default embedding for retrieval and zero-shot use — the shared
-            alignment embedding that `logits_per_image` compares (as in CLIP, where
-            `pooler_output` of `get_image_features` is the projected embedding). It comes first,
-            so `outputs[0]` (what the feature-extraction pipelines read) is this embedding.
-        last_hidden_state: the backbone tower's last hidden states `[batch, seq_len, hidden]`.
-        hidden_states / attentions: every layer's, when `output_hidden_states` /
-            `output_attentions` (attentions need `attn_implementation="eager"`).
-        shared_embeds: Z_S, the shared representation.
-        unique_embeds: Z_U, the modality-unique representation (`None` for objectives that do
-            not factorize).
-        factorized_embeds: `[Z_S; Z_U]`, the paper's downstream (linear-probe) embedding.
-        backbone_embeds: the CLIP backbone's projected embedding the heads read.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, head_dim)`):
+            The default embedding for retrieval and zero-shot use: the shared alignment embedding
+            that `logits_per_image` compares (as in CLIP, where `pooler_output` of
+            `get_image_features` is the projected embedding). It comes first, so `outputs[0]`
+            (what the feature-extraction pipelines read) is this embedding.
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, sequence_length, hidden_size)`):
+            The backbone tower's last hidden states.
+        hidden_states (`tuple[torch.FloatTensor]`, *optional*, returned when `output_hidden_states=True`):
+            Every layer's hidden states.
+        attentions (`tuple[torch.FloatTensor]`, *optional*, returned when `output_attentions=True`):
+            Every layer's attention weights (they need `attn_implementation="eager"`).
+        shared_embeds (`torch.FloatTensor`):
+            Z_S, the shared representation.
+        unique_embeds (`torch.FloatTensor`, *optional*):
+            Z_U, the modality-unique representation (`None` for objectives that do not factorize).
+        factorized_embeds (`torch.FloatTensor`, *optional*):
+            `[Z_S; Z_U]`, the paper's downstream (linear-probe) embedding.
+        backbone_embeds (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            The CLIP backbone's projected embedding the heads read.
     """
 
     pooler_output: torch.FloatTensor | None = None
@@ -67,21 +92,33 @@ class FactorCLEmbeddings(ModelOutput):
 
 @dataclass
 class FactorCLOutput(ModelOutput):
-    """Output of [`FactorCLModel.forward`].
+    r"""Output of [`FactorCLModel.forward`] (argument format of transformers' `auto_docstring`).
 
     Args:
-        loss: the objective's loss for the encoders and heads (when `return_loss`).
-        critic_loss: the CLUB critics' loss on detached features of the same step; add it to
-            `loss` for a single backward (it never reaches the encoders), see `critic_loss()`.
-        loss_terms: every term's value by name, detached, for logging.
-        logits_per_image: `[n_images, n_texts]` scores in the shared space (scaled cosine
-            similarity with the default cosine alignment critic), as in CLIP.
-        logits_per_text: its transpose.
-        image_embeds / text_embeds: the [`FactorCLEmbeddings`] of each modality.
-        critic_inputs: detached feature pairs the CLUB critics train on.
-        text_model_output / vision_model_output: the backbone towers' outputs (last hidden
-            state, projected `pooler_output`, and hidden states / attentions when asked for),
-            named as in `CLIPOutput`; the same tensors as in `text_embeds` / `image_embeds`.
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss` is `True`):
+            The objective's loss for the encoders and heads.
+        critic_loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss` is `True`):
+            The CLUB critics' loss on detached features of the same step; add it to `loss` for a
+            single backward (it never reaches the encoders), see `critic_loss()`.
+        loss_terms (`dict[str, torch.Tensor]`, *optional*, returned when `return_loss` is `True`):
+            Every term's value by name, detached, for logging.
+        logits_per_image (`torch.FloatTensor` of shape `(image_batch_size, text_batch_size)`):
+            Scores in the shared space (scaled cosine similarity with the default cosine
+            alignment critic), as in CLIP.
+        logits_per_text (`torch.FloatTensor` of shape `(text_batch_size, image_batch_size)`):
+            The transpose of `logits_per_image`.
+        image_embeds (`FactorCLEmbeddings`):
+            The [`FactorCLEmbeddings`] of the images.
+        text_embeds (`FactorCLEmbeddings`):
+            The [`FactorCLEmbeddings`] of the texts.
+        critic_inputs (`dict[str, Any]`, *optional*, returned when `return_loss` is `True`):
+            Detached feature pairs the CLUB critics train on.
+        text_model_output (`BaseModelOutputWithPooling`):
+            The text tower's output (last hidden state, projected `pooler_output`, and hidden
+            states / attentions when asked for), named as in `CLIPOutput`; the same tensors as
+            in `text_embeds`.
+        vision_model_output (`BaseModelOutputWithPooling`):
+            The vision tower's output, as `text_model_output`; the same tensors as in `image_embeds`.
     """
 
     loss: torch.FloatTensor | None = None
@@ -97,6 +134,14 @@ class FactorCLOutput(ModelOutput):
 
     def to_tuple(self) -> tuple[Any]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+def _check_keywords(method: str, kwargs: dict) -> None:
+    """Refuse a keyword that is not one of transformers' common ones (e.g. a misspelt
+    `output_hidden_states`) rather than pass it on to be silently ignored."""
+    unknown = sorted(set(kwargs) - KWARG_NAMES)
+    if unknown:
+        raise TypeError(f"FactorCLModel.{method}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
 
 
 def _tower_output(embeds: FactorCLEmbeddings) -> BaseModelOutputWithPooling:
@@ -298,7 +343,7 @@ class FactorCLModel(FactorCLPreTrainedModel):
                 getattr(self.clip, name).requires_grad_(False)
 
     @classmethod
-    def from_clip(cls, clip: str | os.PathLike | PreTrainedModel, **config_overrides) -> FactorCLModel:
+    def from_clip(cls, clip: str | os.PathLike | PreTrainedModel, **config_overrides) -> "FactorCLModel":
         """Wrap an existing CLIP or SigLIP checkpoint (Hub id, local dir, or a `CLIPModel` /
         `SiglipModel`) with fresh FactorCL heads and critics; `config_overrides` set
         `FactorCLConfig` fields."""
@@ -335,24 +380,23 @@ class FactorCLModel(FactorCLPreTrainedModel):
             )
         if pixel_values.shape[0] == 0:
             raise ValueError(f"`{name}` is an empty batch (shape {tuple(pixel_values.shape)})")
-        if pixel_values.is_floating_point() and not bool(torch.isfinite(pixel_values).all()):
-            raise ValueError(f"`{name}` holds NaN or infinite values; the model would return NaN embeddings")
+        if value_checks_enabled():  # a device sync: the collator checks training batches (integrity.py)
+            check_pixel_values(name, pixel_values)
 
     def _check_tokens(self, name: str, input_ids: torch.Tensor | None):
         if input_ids is None:
             raise ValueError(f"`{name}` is required (token ids of shape [batch, seq_len])")
         if input_ids.dim() != 2:
             raise ValueError(f"`{name}` must have shape [batch, seq_len], got {tuple(input_ids.shape)}")
+        if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+            raise ValueError(f"`{name}` must hold integer token ids, got {input_ids.dtype}")
         max_len = self.config.clip_config.text_config.max_position_embeddings
         if input_ids.shape[1] > max_len:
             raise ValueError(f"`{name}` has {input_ids.shape[1]} tokens; this model takes at most {max_len}")
         if input_ids.numel() == 0:
             raise ValueError(f"`{name}` is empty (shape {tuple(input_ids.shape)}): need at least one token per text")
-        vocab = self.config.clip_config.text_config.vocab_size
-        low, high = int(input_ids.min()), int(input_ids.max())
-        if low < 0 or high >= vocab:
-            bad = low if low < 0 else high
-            raise ValueError(f"`{name}` holds token id {bad}, outside this model's vocabulary [0, {vocab - 1}]")
+        if value_checks_enabled():  # a device sync: the collator checks training batches (integrity.py)
+            check_token_ids(name, input_ids, self.config.clip_config.text_config.vocab_size)
 
     def _warn_unused_labels(self, labels):
         # A warning (once per model), not an error: batches of labelled datasets carry labels
@@ -363,26 +407,14 @@ class FactorCLModel(FactorCLPreTrainedModel):
                            "`num_labels` either); use a supervised objective to train on them", self.config.objective)
 
     # ---------------------------------------------------------------- embedding
-    def _output_options(self, method: str, output_attentions, output_hidden_states, return_dict, kwargs) -> dict:
-        """The output switches of a call, defaulting to the config's as in transformers; an
-        unknown keyword is refused rather than silently ignored."""
-        if kwargs:
-            raise TypeError(
-                f"FactorCLModel.{method}() got unexpected keyword argument(s) {', '.join(map(repr, sorted(kwargs)))}"
-            )
-        config = self.config
-        return dict(
-            output_attentions=config.output_attentions if output_attentions is None else output_attentions,
-            output_hidden_states=config.output_hidden_states if output_hidden_states is None else output_hidden_states,
-            return_dict=config.return_dict if return_dict is None else return_dict,
-        )
-
-    def _backbone(self, modality: str, output_attentions: bool, output_hidden_states: bool, **inputs):
-        """The backbone tower's output; `pooler_output` is its projected embedding."""
+    def _backbone(self, modality: str, **inputs):
+        """The backbone tower's output; `pooler_output` is its projected embedding. The output
+        switches left unset default to this model's config, as in transformers."""
+        for name in ("output_attentions", "output_hidden_states"):
+            if inputs.get(name) is None:
+                inputs[name] = getattr(self.config, name)
         features = self.clip.get_image_features if modality == "image" else self.clip.get_text_features
-        return features(
-            **inputs, output_attentions=output_attentions, output_hidden_states=output_hidden_states, return_dict=True
-        )
+        return features(**inputs, return_dict=True)
 
     def _embeddings(self, modality: str, backbone, rows: int | None = None) -> FactorCLEmbeddings:
         """The objective's embeddings over the backbone's output (its first `rows` rows: the
@@ -409,42 +441,42 @@ class FactorCLModel(FactorCLPreTrainedModel):
             **layers,
         )
 
-    def get_image_features(
-        self,
-        pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> FactorCLEmbeddings | tuple:
-        """Shared, unique and backbone embeddings of a batch of images (a tuple in field order
-        with `return_dict=False`)."""
-        options = self._output_options("get_image_features", output_attentions, output_hidden_states, return_dict, kwargs)
-        return_dict = options.pop("return_dict")
+    @can_return_tuple
+    @auto_docstring
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> FactorCLEmbeddings:
+        r"""
+        Returns:
+            [`FactorCLEmbeddings`]: shared, unique and backbone embeddings of a batch of images (a tuple in
+            field order with `return_dict=False`).
+        """
+        _check_keywords("get_image_features", kwargs)
         self._check_pixels("pixel_values", pixel_values)
-        out = self._embeddings("image", self._backbone("image", pixel_values=pixel_values, **options))
-        return out if return_dict else out.to_tuple()
+        return self._embeddings("image", self._backbone("image", pixel_values=pixel_values, **kwargs))
 
+    @can_return_tuple
+    @auto_docstring
     def get_text_features(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> FactorCLEmbeddings | tuple:
-        """Shared, unique and backbone embeddings of a batch of tokenized texts (a tuple in
-        field order with `return_dict=False`)."""
-        options = self._output_options("get_text_features", output_attentions, output_hidden_states, return_dict, kwargs)
-        return_dict = options.pop("return_dict")
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> FactorCLEmbeddings:
+        r"""
+        Returns:
+            [`FactorCLEmbeddings`]: shared, unique and backbone embeddings of a batch of tokenized texts (a
+            tuple in field order with `return_dict=False`).
+        """
+        _check_keywords("get_text_features", kwargs)
         self._check_tokens("input_ids", input_ids)
-        out = self._embeddings("text", self._backbone("text", input_ids=input_ids, attention_mask=attention_mask, **options))
-        return out if return_dict else out.to_tuple()
+        return self._embeddings("text", self._backbone("text", input_ids=input_ids, attention_mask=attention_mask,
+                                                       **kwargs))
 
-    def _text_with_views(self, input_ids, attention_mask, augmented_input_ids, augmented_attention_mask):
-        """Pad the original and augmented token batches to one length and stack them, so the
-        text tower runs once."""
+    def _with_views(self, views: bool, pixel_values, input_ids, attention_mask, augmented_pixel_values,
+                    augmented_input_ids, augmented_attention_mask):
+        """The inputs of the towers: with `views`, the original and augmented views stacked, so
+        each tower runs once (images, and token batches padded to one length)."""
+        if not views:
+            return pixel_values, input_ids, attention_mask
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if augmented_attention_mask is None:
@@ -457,9 +489,21 @@ class FactorCLModel(FactorCLPreTrainedModel):
 
         ids = torch.cat([pad(input_ids, pad_id), pad(augmented_input_ids, pad_id)])
         mask = torch.cat([pad(attention_mask, 0), pad(augmented_attention_mask, 0)])
-        return ids, mask
+        return torch.cat([pixel_values, augmented_pixel_values]), ids, mask
 
-    def _check_training_inputs(self, input_ids, pixel_values, labels, augmented_pixel_values, augmented_input_ids):
+    def _check_pair_inputs(self, input_ids, pixel_values, labels, augmented_pixel_values, augmented_input_ids,
+                           return_loss, kwargs) -> tuple[bool, bool]:
+        """The checks of an image-text call to `forward` (keywords, shapes and dtypes; values
+        only with `FACTORCL_DEBUG`, see integrity.py). Returns whether the loss is computed (by
+        default: when labels or augmented views are given) and whether the augmented views run."""
+        _check_keywords("forward", kwargs)
+        self._check_pixels("pixel_values", pixel_values)
+        self._check_tokens("input_ids", input_ids)
+        self._warn_unused_labels(labels)
+        if return_loss is None:
+            return_loss = labels is not None or augmented_pixel_values is not None
+        if not return_loss:
+            return False, False
         if pixel_values.shape[0] != input_ids.shape[0]:
             raise ValueError(
                 f"`pixel_values` has batch size {pixel_values.shape[0]} but `input_ids` has "
@@ -473,7 +517,22 @@ class FactorCLModel(FactorCLPreTrainedModel):
                     raise ValueError(f"`{name}` has batch size {t.shape[0]}, expected {input_ids.shape[0]}")
         if self.config.is_supervised and labels is None:
             raise ValueError(f"`labels` are required to train objective {self.config.objective!r}")
+        return True, self.config.uses_augmented_views
 
+    def _loss(self, image_backbone, text_backbone, n_pairs: int, labels, views: bool) -> dict[str, Any]:
+        """The objective's loss fields of `FactorCLOutput` over the backbone embeddings (the
+        first `n_pairs` rows of each tower; the augmented views after them when `views`)."""
+        images, texts = image_backbone.pooler_output, text_backbone.pooler_output
+        out = self.objective(
+            images[:n_pairs], texts[:n_pairs], labels=labels,
+            augmented_1=images[n_pairs:] if views else None, augmented_2=texts[n_pairs:] if views else None,
+            compute_critic_loss=self.training,
+        )
+        return dict(loss=out.loss, critic_loss=out.critic_loss, loss_terms=out.loss_terms,
+                    critic_inputs=out.critic_inputs)
+
+    @can_return_tuple
+    @auto_docstring(custom_intro=FORWARD_INTRO)
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -484,87 +543,45 @@ class FactorCLModel(FactorCLPreTrainedModel):
         augmented_input_ids: torch.LongTensor | None = None,
         augmented_attention_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> FactorCLOutput | FactorCLEmbeddings | tuple:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> FactorCLOutput | FactorCLEmbeddings:
         r"""
-        Args:
-            input_ids, attention_mask: tokenized captions `[batch, seq_len]`.
-            pixel_values: images `[batch, 3, H, W]` from the processor.
-            labels: class ids `[batch]`, for supervised objectives.
-            augmented_pixel_values, augmented_input_ids, augmented_attention_mask: an augmented
-                view of each pair, for self-supervised FactorCL and Cross+Self.
-            return_loss: compute the loss (default: when labels or augmented views are given).
-            output_attentions, output_hidden_states: return the backbone towers' attentions /
-                hidden states in `image_embeds` / `text_embeds` (default: the config's).
-            return_dict: a `FactorCLOutput` (default) or its `to_tuple()`.
-
-        A call with one modality only (texts or images, as the feature-extraction pipelines
-        make) returns that modality's [`FactorCLEmbeddings`], as `get_*_features` does.
+        labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
+            Class ids, for the supervised objectives.
+        augmented_pixel_values (`torch.FloatTensor` of shape `(batch_size, num_channels, height, width)`, *optional*):
+            An augmented view of each image, for self-supervised FactorCL and Cross+Self.
+        augmented_input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            An augmented view of each text, for self-supervised FactorCL and Cross+Self.
+        augmented_attention_mask (`torch.Tensor` of shape `(batch_size, sequence_length)`, *optional*):
+            The attention mask of `augmented_input_ids`.
+        return_loss (`bool`, *optional*):
+            Compute the loss (default: when `labels` or augmented views are given).
         """
-        options = self._output_options("forward", output_attentions, output_hidden_states, return_dict, kwargs)
-        return_dict = options.pop("return_dict")
-        one_modality = self._one_modality(input_ids, pixel_values, attention_mask, labels, return_loss, options)
-        if one_modality is not None:
-            return one_modality if return_dict else one_modality.to_tuple()
-        self._check_pixels("pixel_values", pixel_values)
-        self._check_tokens("input_ids", input_ids)
-        self._warn_unused_labels(labels)
-        if return_loss is None:
-            return_loss = labels is not None or augmented_pixel_values is not None
-        use_views = return_loss and self.config.uses_augmented_views
-        if return_loss:
-            self._check_training_inputs(input_ids, pixel_values, labels, augmented_pixel_values, augmented_input_ids)
+        if (input_ids is None) != (pixel_values is None):
+            return self._one_modality(input_ids, pixel_values, attention_mask, labels, return_loss, kwargs)
+        return_loss, views = self._check_pair_inputs(input_ids, pixel_values, labels, augmented_pixel_values,
+                                                     augmented_input_ids, return_loss, kwargs)
+        pixels, ids, mask = self._with_views(views, pixel_values, input_ids, attention_mask, augmented_pixel_values,
+                                             augmented_input_ids, augmented_attention_mask)
+        image = self._backbone("image", pixel_values=pixels, **kwargs)  # one call per tower, with the views
+        text = self._backbone("text", input_ids=ids, attention_mask=mask, **kwargs)
+        image_embeds = self._embeddings("image", image, pixel_values.shape[0])
+        text_embeds = self._embeddings("text", text, input_ids.shape[0])
+        logits = self.objective.alignment_critic(image_embeds.pooler_output, text_embeds.pooler_output)
+        loss = self._loss(image, text, input_ids.shape[0], labels, views) if return_loss else {}
+        return FactorCLOutput(**loss, logits_per_image=logits, logits_per_text=logits.T, image_embeds=image_embeds,
+                              text_embeds=text_embeds, text_model_output=_tower_output(text_embeds),
+                              vision_model_output=_tower_output(image_embeds))
 
-        # One backbone call per tower, original and augmented views together.
-        batch = input_ids.shape[0]
-        n_images = pixel_values.shape[0]
-        pixels, ids, mask = pixel_values, input_ids, attention_mask
-        if use_views:
-            pixels = torch.cat([pixel_values, augmented_pixel_values])
-            ids, mask = self._text_with_views(input_ids, attention_mask, augmented_input_ids, augmented_attention_mask)
-        image_backbone = self._backbone("image", pixel_values=pixels, **options)
-        text_backbone = self._backbone("text", input_ids=ids, attention_mask=mask, **options)
-
-        image_embeds = self._embeddings("image", image_backbone, n_images)
-        text_embeds = self._embeddings("text", text_backbone, batch)
-        logits_per_image = self.objective.alignment_critic(image_embeds.pooler_output, text_embeds.pooler_output)
-
-        loss = critic_loss = loss_terms = critic_inputs = None
-        if return_loss:
-            out = self.objective(
-                image_embeds.backbone_embeds, text_embeds.backbone_embeds, labels=labels,
-                augmented_1=image_backbone.pooler_output[n_images:] if use_views else None,
-                augmented_2=text_backbone.pooler_output[batch:] if use_views else None,
-                compute_critic_loss=self.training,
-            )
-            loss, critic_loss, loss_terms, critic_inputs = out.loss, out.critic_loss, out.loss_terms, out.critic_inputs
-        output = FactorCLOutput(
-            loss=loss,
-            critic_loss=critic_loss,
-            loss_terms=loss_terms,
-            logits_per_image=logits_per_image,
-            logits_per_text=logits_per_image.T,
-            image_embeds=image_embeds,
-            text_embeds=text_embeds,
-            critic_inputs=critic_inputs,
-            text_model_output=_tower_output(text_embeds),
-            vision_model_output=_tower_output(image_embeds),
-        )
-        return output if return_dict else output.to_tuple()
-
-    def _one_modality(self, input_ids, pixel_values, attention_mask, labels, return_loss, options):
-        """The embeddings of the one modality given, or `None` when both are (or none is)."""
-        if (input_ids is None) == (pixel_values is None):
-            return None
+    def _one_modality(self, input_ids, pixel_values, attention_mask, labels, return_loss, kwargs):
+        """The embeddings of the one modality given (a call without the other)."""
+        _check_keywords("forward", kwargs)
         if return_loss or labels is not None:
             missing = "pixel_values" if pixel_values is None else "input_ids"
             raise ValueError(f"`{missing}` is required to compute the loss (image-text pairs)")
         if pixel_values is not None:
-            return self.get_image_features(pixel_values, **options, return_dict=True)
-        return self.get_text_features(input_ids, attention_mask, **options, return_dict=True)
+            return self.get_image_features(pixel_values, **kwargs, return_dict=True)
+        return self.get_text_features(input_ids, attention_mask, **kwargs, return_dict=True)
 
     # ------------------------------------------------------ CLUB-critic training
     def critic_loss(self, outputs: FactorCLOutput) -> torch.Tensor | None:

@@ -37,6 +37,7 @@ from .estimators import (
     negative_log_weights,
     symmetric_infonce,
 )
+from .integrity import check_label_ids, value_checks_enabled
 
 __all__ = [
     "OBJECTIVES",
@@ -219,9 +220,12 @@ class ContrastiveObjective(nn.Module):
 
     # ------------------------------------------------------------ validation
     def _validate(self, features, labels, augmented):
+        # Shapes and dtypes always; values (finite features, labels in range: each a device
+        # sync) only with FACTORCL_DEBUG, as the model's inputs (integrity.py).
+        values = value_checks_enabled()
         batch = None
         for m, feats in enumerate(features):
-            check_features(f"features_{m + 1}", feats, self.input_dims[m], batch_size=batch)
+            check_features(f"features_{m + 1}", feats, self.input_dims[m], batch_size=batch, check_finite=values)
             batch = feats.shape[0]
         if batch < 2:
             raise ValueError(
@@ -233,7 +237,7 @@ class ContrastiveObjective(nn.Module):
                     raise ValueError(
                         f"`augmented_{m + 1}` is required by {type(self).__name__} (features of an augmented view)"
                     )
-                check_features(f"augmented_{m + 1}", aug, self.input_dims[m], batch_size=batch)
+                check_features(f"augmented_{m + 1}", aug, self.input_dims[m], batch_size=batch, check_finite=values)
         if self.requires_labels:
             if labels is None:
                 raise ValueError(f"`labels` are required by {type(self).__name__}")
@@ -241,11 +245,8 @@ class ContrastiveObjective(nn.Module):
                 raise ValueError(f"`labels` must have shape [{batch}], got {tuple(labels.shape)}")
             if labels.is_floating_point() or labels.is_complex():
                 raise ValueError(f"`labels` must be an integer tensor, got {labels.dtype}")
-            if labels.min() < 0 or labels.max() >= self.num_labels:
-                raise ValueError(
-                    f"`labels` must be in [0, {self.num_labels - 1}] (num_labels={self.num_labels}), "
-                    f"got values in [{int(labels.min())}, {int(labels.max())}]"
-                )
+            if values:
+                check_label_ids("labels", labels, self.num_labels)
 
     def forward(
         self,

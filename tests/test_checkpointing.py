@@ -96,6 +96,27 @@ def test_saved_models_carry_checksums_that_catch_a_damaged_payload(tmp_path):
         FactorCLModel.from_pretrained(tmp_path / "m")
 
 
+def test_weights_resaved_by_another_tool_load_once_their_checksums_are_deleted(tmp_path):
+    """A weights file re-saved on purpose (here: by safetensors itself, other values) fails the
+    check, and the error says how to accept it: delete SHA256SUMS (never "delete the folder")."""
+    from safetensors.torch import load_file, save_file
+
+    model = tiny_model(seed=0)
+    model.save_pretrained(tmp_path / "m")
+    weights = tmp_path / "m" / "model.safetensors"
+    resaved = {name: tensor * 0.5 if tensor.is_floating_point() else tensor for name, tensor in load_file(weights).items()}
+    save_file(resaved, weights, metadata={"format": "pt"})
+    with pytest.raises(ValueError) as error:
+        FactorCLModel.from_pretrained(tmp_path / "m")
+    message = str(error.value)
+    assert "re-saved on purpose" in message and f"delete {tmp_path / 'm' / CHECKSUM_FILE}" in message
+    assert "delete the folder" not in message
+    (tmp_path / "m" / CHECKSUM_FILE).unlink()
+    loaded = FactorCLModel.from_pretrained(tmp_path / "m")
+    name, tensor = next((n, t) for n, t in resaved.items() if t.is_floating_point())
+    assert torch.equal(loaded.state_dict()[name], tensor)
+
+
 def test_non_finite_weights_are_named_and_never_saved(tmp_path):
     model = tiny_model(seed=0)
     name, parameter = next((n, p) for n, p in model.named_parameters() if n.startswith("objective."))

@@ -185,7 +185,10 @@ def test_critic_loss_trains_only_club_critics(clip_config, batch):
         ("factorcl_sup", dict(labels=torch.tensor([0, 1, 2, 3])), "`labels` must be in"),
     ],
 )
-def test_bad_inputs(clip_config, batch, objective, change, match):
+def test_bad_inputs(clip_config, batch, objective, change, match, monkeypatch):
+    # The labels' range is a value check: in the model only with FACTORCL_DEBUG (training data
+    # is checked by the data loading and the collator, tests/test_modeling_errors.py).
+    monkeypatch.setenv("FACTORCL_DEBUG", "1")
     model = make_model(clip_config, objective)
     with pytest.raises(ValueError, match=match):
         model(**{**batch, **change}, return_loss=True)

@@ -11,8 +11,10 @@ import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
+from factorcl_hf.data.image_text import ImageTextCollator
 from factorcl_hf.evaluation.__main__ import run as evaluate_cli
-from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config
+from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+from factorcl_hf.testing_utils import random_images
 
 SMALL = dict(head_dim=4, head_hidden_dim=8, critic_hidden_dim=8, critic_embed_dim=4)
 
@@ -95,12 +97,19 @@ def test_evaluation_out_that_is_a_directory_fails_before_the_evaluation(tmp_path
 
 
 # ------------------------------------------------------------------------------- inputs
+# The model checks input values (each a device sync per step) only with FACTORCL_DEBUG; the
+# training collator checks every batch on the CPU (integrity.py).
 @pytest.fixture(scope="module")
 def model(clip_config):
     return FactorCLModel(FactorCLConfig(clip_config=clip_config, **SMALL)).eval()
 
 
-def test_token_ids_outside_the_vocabulary_are_named(model):
+@pytest.fixture
+def value_checks(monkeypatch):
+    monkeypatch.setenv("FACTORCL_DEBUG", "1")
+
+
+def test_token_ids_outside_the_vocabulary_are_named(model, value_checks):
     vocab = model.config.clip_config.text_config.vocab_size
     with pytest.raises(ValueError, match=f"`input_ids` holds token id {vocab + 5}, outside .* \\[0, {vocab - 1}\\]"):
         model.get_text_features(torch.tensor([[1, vocab + 5]]))
@@ -118,13 +127,56 @@ def test_empty_batches_are_named(model):
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_pixels_are_refused_at_inference(model, value):
+def test_non_finite_pixels_are_refused_at_inference(model, value, value_checks):
     pixels = torch.zeros(2, 3, 32, 32)
     pixels[1, 0, 0, 0] = value
     with pytest.raises(ValueError, match="`pixel_values` holds NaN or infinite values"):
         model.get_image_features(pixels)
     with pytest.raises(ValueError, match="`pixel_values` holds NaN or infinite values"):
         model(input_ids=torch.tensor([[1, 2], [1, 2]]), pixel_values=pixels)
+
+
+def test_forward_reads_no_input_values_without_the_debug_switch(model, monkeypatch):
+    """No value check (a device sync each) in a plain call: the values pass to the backbone,
+    and a NaN pixel gives NaN embeddings. Shapes and dtypes are still checked."""
+    monkeypatch.delenv("FACTORCL_DEBUG", raising=False)
+    pixels = torch.zeros(2, 3, 32, 32)
+    pixels[1, 0, 0, 0] = float("nan")
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([[1, 2], [1, 2]]), pixel_values=pixels)
+    assert torch.isnan(out.image_embeds.pooler_output[1]).all() and torch.isfinite(out.image_embeds.pooler_output[0]).all()
+    with pytest.raises(ValueError, match=r"`input_ids` must hold integer token ids, got torch.float32"):
+        model.get_text_features(torch.tensor([[1.0, 2.0]]))
+    with pytest.raises(ValueError, match=r"`pixel_values` must have shape \[batch, 3, 32, 32\]"):
+        model.get_image_features(torch.zeros(2, 3, 16, 16))
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return [{"image": image, "caption": caption, "label": label}
+            for image, caption, label in zip(random_images(2, size=32), ["a red square", "a blue circle"], [0, 1])]
+
+
+def test_the_collator_refuses_token_ids_outside_the_model_vocabulary(clip_config, rows):
+    """A tokenizer larger than the model's vocabulary (another checkpoint's) is refused at the
+    first batch, before the model sees it."""
+    processor = tiny_clip_processor(build_caption_tokenizer(["a red square", "a blue circle"]), 32)
+    ImageTextCollator(processor, vocab_size=clip_config.text_config.vocab_size)(rows)  # its own vocabulary fits
+    vocab = 3
+    with pytest.raises(ValueError, match=f"`input_ids` holds token id \\d+, outside this model's vocabulary \\[0, {vocab - 1}\\]"):
+        ImageTextCollator(processor, vocab_size=vocab)(rows)
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero")
+def test_the_collator_refuses_labels_outside_num_labels_and_non_finite_pixels(rows):
+    processor = tiny_clip_processor(build_caption_tokenizer(["a red square", "a blue circle"]), 32)
+    labelled = ImageTextCollator(processor, label_column="label", num_labels=2)
+    assert labelled(rows)["labels"].tolist() == [0, 1]
+    with pytest.raises(ValueError, match=r"`labels` must be in \[0, 0\] \(num_labels=1\), got values in \[0, 1\]"):
+        ImageTextCollator(processor, label_column="label", num_labels=1)(rows)
+    processor.image_processor.image_std = [0.0, 0.0, 0.0]  # (x - mean) / 0: NaN and infinite pixels
+    with pytest.raises(ValueError, match="`pixel_values` holds NaN or infinite values"):
+        ImageTextCollator(processor)(rows)
 
 
 def test_labels_given_to_a_self_supervised_model_are_warned_about(clip_config, caplog):

@@ -272,11 +272,26 @@ def test_factorized_embedding_layout():
         ("simclr", dict(features_1=torch.full((B, D1), float("nan"))), "`features_1`.*NaN"),
     ],
 )
-def test_bad_inputs(name, change, match):
+def test_bad_inputs(name, change, match, monkeypatch):
+    # Value checks (labels in range, finite features: a device sync each) need FACTORCL_DEBUG.
+    monkeypatch.setenv("FACTORCL_DEBUG", "1")
     obj = build_objective(name, (D1, D2), num_labels=L, **SMALL)
     batch = {**make_batch(), **change}
     with pytest.raises(ValueError, match=match):
         obj(**batch)
+
+
+def test_values_are_checked_only_with_the_debug_switch(monkeypatch):
+    """Without FACTORCL_DEBUG the objective reads no value of its inputs (the data path checks
+    labels; non-finite features give a non-finite loss, which training stops on)."""
+    monkeypatch.delenv("FACTORCL_DEBUG", raising=False)
+    obj = build_objective("simclr", (D1, D2), num_labels=L, **SMALL)
+    assert not torch.isfinite(obj(**{**make_batch(), "features_1": torch.full((B, D1), float("nan"))}).loss)
+    monkeypatch.setenv("FACTORCL_DEBUG", "0")
+    assert not torch.isfinite(obj(**{**make_batch(), "features_1": torch.full((B, D1), float("nan"))}).loss)
+    monkeypatch.setenv("FACTORCL_DEBUG", "1")
+    with pytest.raises(ValueError, match="`features_1` contains NaN"):
+        obj(**{**make_batch(), "features_1": torch.full((B, D1), float("nan"))})
 
 
 def test_unknown_objective_and_missing_num_labels():

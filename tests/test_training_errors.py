@@ -178,6 +178,30 @@ def test_divergence_stops_at_the_step_names_the_last_checkpoint_and_saves_nothin
 
 
 # ------------------------------------------------------------------------------ data
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused_before_the_first_step(data_dir, tmp_path,
+                                                                                         monkeypatch):
+    """The model checks token ids only with FACTORCL_DEBUG (a device sync per step): the
+    training collator checks each batch against the model's vocabulary, so a --clip_model folder
+    whose tokenizer does not fit its model stops the run before any optimizer step."""
+    from transformers import CLIPModel
+
+    from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+
+    monkeypatch.delenv("FACTORCL_DEBUG", raising=False)
+    rows = (data_dir / "train" / "metadata.jsonl").read_text().splitlines()
+    tokenizer = build_caption_tokenizer([json.loads(row)["caption"] for row in rows])
+    vocab = len(tokenizer) - 5
+    ids = {name: min(value, vocab - 1) for name, value in special_token_ids(tokenizer).items()}
+    clip = tmp_path / "clip"
+    CLIPModel(tiny_clip_config(vocab, **ids, hidden_size=16, num_layers=1, projection_dim=8)).save_pretrained(clip)
+    tiny_clip_processor(tokenizer, 32).save_pretrained(clip)
+    steps = []
+    monkeypatch.setattr(training.loop, "training_step", lambda *args, **kwargs: steps.append(1))
+    with pytest.raises(ValueError, match=f"`input_ids` holds token id \\d+, outside this model's vocabulary \\[0, {vocab - 1}\\]"):
+        train(parse_args(flags(data_dir, tmp_path / "out", "--clip_model", str(clip), "--max_train_steps", "1")))
+    assert not steps
+
+
 def image_rows(folder: Path, rows: int) -> list[str]:
     names = []
     for i in range(rows):

@@ -4,7 +4,7 @@ transformers' `CLIPModelTester`: a tiny FactorCL-SSL model on a CLIP backbone, b
 pairs with augmented views, `return_loss=True`; and the same tests on a SigLIP backbone with the
 `siglip` objective (`FactorCLSiglipModelTest`).
 
-Every skip, with its reason (transformers 5.24 on a CPU machine; 63 for CLIP, 62 for SigLIP,
+Every skip, with its reason (transformers 5.25 on a CPU machine; 59 for CLIP, 58 for SigLIP,
 whose backbone has input embeddings, so the `enable_input_require_grads` check runs):
 - Skipped here as transformers' `CLIPModelTest` skips them, same reasons: hidden states,
   inputs_embeds and retain_grad are tested per tower; no input/output embeddings
@@ -15,8 +15,8 @@ whose backbone has input embeddings, so the `enable_input_require_grads` check r
   `critic_loss` with their own optimizer), so `test_all_params_have_gradient = False`; a
   contrastive loss is undefined at batch size 1, so `test_batching_equivalence` runs without
   the loss; a plain CLIP folder loads through `FactorCLModel.from_clip`, not as the base model of
-  a head checkpoint (`test_correct_missing_keys`); a saved weights file edited afterwards is refused
-  by its SHA-256 check (`test_model_weights_reload_no_missing_tied_weights`).
+  a head checkpoint (`test_correct_missing_keys`). (`test_model_weights_reload_no_missing_tied_weights`
+  runs: its re-saved weights load once their `SHA256SUMS` is deleted, see its docstring.)
 - Skipped by the mixin's own decorators or checks, as for CLIPModelTest on this machine: no GPU /
   accelerator, Flash Attention 2/3/4, MPS, deepspeed, kernels, multiple accelerators, `@slow`
   (RUN_SLOW unset); not applicable to a two-tower contrastive model: the non-composite SDPA
@@ -28,12 +28,15 @@ whose backbone has input embeddings, so the `enable_input_require_grads` check r
 Command and counts: see the closing note of issue 13 (`pytest -q -rs tests/test_transformers_common.py`).
 """
 
+import os
 import unittest
+from unittest import mock
 
 import pytest
 import torch
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
+from factorcl_hf.integrity import CHECKSUM_FILE
 from factorcl_hf.offline import tiny_clip_config, tiny_siglip_config
 
 from transformers_common import load_common_tests
@@ -183,10 +186,22 @@ class FactorCLModelTest(ModelTesterMixin, unittest.TestCase):
     def test_correct_missing_keys(self):
         pass
 
-    @unittest.skip(reason="By design (issue 14): the test rewrites model.safetensors after saving, and a weights "
-                          "file that no longer matches its SHA256SUMS is refused (tests/test_checkpointing.py)")
     def test_model_weights_reload_no_missing_tied_weights(self):
-        pass
+        """The mixin's test. It overwrites the saved weights with a placeholder file, as another
+        tool re-saving them would; such a folder loads once its `SHA256SUMS` is deleted (what
+        the checksum error tells the user; tests/test_checkpointing.py), done here right after
+        the overwrite. The test then reads transformers' report of the missing weights, every
+        one of them: `FactorCLModel.from_pretrained` refuses such a load outright
+        (tests/test_hostile_inputs.py), so that refusal is lifted here: the report is under test."""
+        resave = modeling_common.safe_save_file
+
+        def resave_without_checksums(tensors, filename, *args, **kwargs):
+            resave(tensors, filename, *args, **kwargs)
+            os.remove(os.path.join(os.path.dirname(filename), CHECKSUM_FILE))
+
+        with mock.patch.object(modeling_common, "safe_save_file", resave_without_checksums), \
+                mock.patch("factorcl_hf.modeling_factorcl._check_no_missing_weights"):
+            super().test_model_weights_reload_no_missing_tied_weights()
 
 
 class FactorCLSiglipModelTest(FactorCLModelTest):

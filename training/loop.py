@@ -410,6 +410,10 @@ def build_train_loader(args: TrainingArguments, model: FactorCLModel, processor,
         else None,
         seed=args.seed,
         max_length=config.clip_config.text_config.max_position_embeddings,
+        # Every batch is checked against the model on the CPU (the model checks values only
+        # with FACTORCL_DEBUG: each would be a device sync per step).
+        vocab_size=config.clip_config.text_config.vocab_size,
+        num_labels=config.num_labels if config.is_supervised else None,
     )
     loader = torch.utils.data.DataLoader(
         IndexedDataset(data.train) if data.stream is None else data.stream,
@@ -603,7 +607,8 @@ def train_one_epoch(args: TrainingArguments, accelerator: Accelerator, trainer: 
                 accelerator=accelerator,
             )
         except ValueError as error:
-            # The objective's own finiteness check on the features: weights already broken.
+            # The objective's finiteness check on the features (with FACTORCL_DEBUG; else the
+            # non-finite loss below): weights already broken.
             if "contains NaN or infinite values" not in str(error):
                 raise
             raise TrainingDivergedError(diverged_message(args, state.step + 1, str(error))) from error

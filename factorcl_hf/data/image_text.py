@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from ..integrity import check_label_ids, check_pixel_values, check_token_ids
 from .images import UndecodableImageError, open_image
 
 logger = logging.getLogger(__name__)
@@ -380,6 +381,23 @@ def drop_undecodable_images(dataset, image_column: str = "image"):
     return keep, dropped
 
 
+def check_batch_values(batch: dict[str, torch.Tensor], vocab_size: int | None = None,
+                       num_labels: int | None = None) -> None:
+    """Raise ``ValueError`` naming the input of a model batch whose values the model would
+    turn into NaN or an indexing error: non-finite ``pixel_values`` (and augmented views),
+    token ids outside ``[0, vocab_size - 1]``, class ids outside ``[0, num_labels - 1]``.
+
+    The collator runs it on every batch it makes, on the CPU: the model itself checks values
+    only with ``FACTORCL_DEBUG`` (each check would be a device sync per step, integrity.py)."""
+    for name, value in batch.items():
+        if name.endswith("pixel_values"):
+            check_pixel_values(name, value)
+        elif name.endswith("input_ids") and vocab_size is not None:
+            check_token_ids(name, value, vocab_size)
+    if num_labels is not None and "labels" in batch:
+        check_label_ids("labels", batch["labels"], num_labels)
+
+
 class IndexedDataset(torch.utils.data.Dataset):
     """A ``datasets.Dataset`` whose rows carry their index (for per-row augmentation seeds)."""
 
@@ -404,6 +422,10 @@ class ImageTextCollator:
         image_augmentation / text_augmentation: callables ``(item, generator=...)`` from
             :mod:`factorcl_hf.augmentations`; ``None`` means no augmented views.
         seed: base seed of the per-row augmentation generators; set ``epoch`` each epoch.
+        max_length: the tokenizer's truncation length (the model's text positions).
+        vocab_size / num_labels: the model's; every batch is checked against them
+            (:func:`check_batch_values`; pixel values are always checked), so a tokenizer or
+            label set that does not fit the model is refused before the model sees a batch.
     """
 
     processor: Any
@@ -415,6 +437,8 @@ class ImageTextCollator:
     seed: int = 0
     epoch: int = 0
     max_length: int | None = None
+    vocab_size: int | None = None
+    num_labels: int | None = None
     _text_kwargs: dict = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -451,4 +475,5 @@ class ImageTextCollator:
             ]
             views = self._encode(aug_images, aug_captions)
             batch.update({f"augmented_{key}": value for key, value in views.items()})
+        check_batch_values(batch, self.vocab_size, self.num_labels)
         return batch
