@@ -149,6 +149,15 @@ def difference(path: str, pair: str, key: str) -> str:
     return _interval(record(path)["comparisons"][pair][key])
 
 
+def paired(path_a: str, objective_a: str, path_b: str, objective_b: str, key: str) -> str:
+    """One metric's paired difference between two records' runs on the same seeds (points,
+    95% interval; inline)."""
+    from training.seed_statistics import paired_difference
+
+    a, b = (record(p)[o]["seeds"] for p, o in ((path_a, objective_a), (path_b, objective_b)))
+    return _interval(paired_difference({int(s): r[key] for s, r in a.items()}, {int(s): r[key] for s, r in b.items()}))
+
+
 def recipes(path: str) -> str:
     """The CLIP loss's seed-to-seed spread under each candidate recipe."""
     data = record(path)
@@ -374,7 +383,7 @@ def term_table(path: str, key: str) -> str:
 
 
 RENDERERS = {function.__name__: function for function in (
-    main_job, comparisons, factorization, gates, seeds, metric, difference, recipes, open_clip_speed, synthetic,
+    main_job, comparisons, factorization, gates, seeds, paired, metric, difference, recipes, open_clip_speed, synthetic,
     synthetic_probing, synthetic_differences, mi_estimates, train_step, conditional_mi, synthetic_runs, club_check, issue11_targets,
     term_table,
 )}
