@@ -258,6 +258,15 @@ def synthetic_differences(path: str, method: str, *baselines: str) -> str:
     return _table(["difference (points)", "readout", *(f"u={u:g}" for u in shares)], rows)
 
 
+def clip_benchmark(path: str) -> str:
+    """benchmarks/clip_benchmark_compare.py: clip_benchmark's figures beside this package's, and
+    this package's scores re-ranked with clip_benchmark's tie rule (lower index wins)."""
+    rows = [[row["metric"], f"{row['clip_benchmark']:.3f}", f"{row['package']:.3f}",
+             f"{row['package_scores_first_index_wins']:.3f}" if "package_scores_first_index_wins" in row else ""]
+            for row in record(path)["side_by_side"]]
+    return _table(["metric", "clip_benchmark", "`factorcl_hf.evaluation`", "this package's scores, lower index wins ties"], rows)
+
+
 def mi_estimates(path: str) -> str:
     """examples/mi_estimation.py's estimates against the true MI (nats)."""
     rows = [[f"{r['true_mi']:g}", f"{r['infonce']:.2f}", f"{r['nce_club']:.2f}", f"{r['club_of_optimal_critic']:.2f}"]
@@ -384,7 +393,7 @@ def term_table(path: str, key: str) -> str:
 
 RENDERERS = {function.__name__: function for function in (
     main_job, comparisons, factorization, gates, seeds, paired, metric, difference, recipes, open_clip_speed, synthetic,
-    synthetic_probing, synthetic_differences, mi_estimates, train_step, conditional_mi, synthetic_runs, club_check, issue11_targets,
+    synthetic_probing, synthetic_differences, clip_benchmark, mi_estimates, train_step, conditional_mi, synthetic_runs, club_check, issue11_targets,
     term_table,
 )}
 

@@ -20,9 +20,10 @@ from factorcl_hf.integrity import CHECKSUM_FILE
 from training.train import main, parse_args, train
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = ["--tiny_hidden_size", "16", "--tiny_num_layers", "1", "--tiny_projection_dim", "8", "--head_dim", "4",
-        "--head_hidden_dim", "8", "--per_device_train_batch_size", "4",
-        "--eval_split", "none", "--disable_tqdm", "--objective", "simclr"]
+TINY_CLIP = ["--tiny_hidden_size", "16", "--tiny_num_layers", "1", "--tiny_projection_dim", "8"]
+SMALL_RUN = ["--head_dim", "4", "--head_hidden_dim", "8", "--per_device_train_batch_size", "4",
+             "--eval_split", "none", "--disable_tqdm", "--objective", "simclr"]
+TINY = TINY_CLIP + SMALL_RUN
 
 
 @pytest.fixture(scope="module")
@@ -198,7 +199,8 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused_before_the_firs
     steps = []
     monkeypatch.setattr(training.loop, "training_step", lambda *args, **kwargs: steps.append(1))
     with pytest.raises(ValueError, match=f"`input_ids` holds token id \\d+, outside this model's vocabulary \\[0, {vocab - 1}\\]"):
-        train(parse_args(flags(data_dir, tmp_path / "out", "--clip_model", str(clip), "--max_train_steps", "1")))
+        train(parse_args(["--train_data", str(data_dir), "--output_dir", str(tmp_path / "out"), *SMALL_RUN,
+                          "--clip_model", str(clip), "--max_train_steps", "1"]))
     assert not steps
 
 
