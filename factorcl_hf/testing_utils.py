@@ -12,7 +12,10 @@ default's tiny CLIP) live in :mod:`factorcl_hf.offline`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +25,7 @@ from .configuration_factorcl import FactorCLConfig
 from .modeling_factorcl import FactorCLModel
 from .offline import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
 
-__all__ = ["save_tiny_model", "random_images", "markdown_code_blocks"]
+__all__ = ["save_tiny_model", "random_images", "markdown_code_blocks", "fallback_folder"]
 
 
 def save_tiny_model(directory, captions: Iterable[str], seed: int = 0, **config_kwargs):
@@ -71,3 +74,14 @@ def markdown_code_blocks(text: str, section: str | None = None) -> list[tuple[st
     if section is not None and level is None:
         raise ValueError(f"no heading {section!r} in the text")
     return blocks
+
+
+@contextmanager
+def fallback_folder(error: BaseException) -> Iterator[Path]:
+    """The temporary folder a failed final save names in ``error`` ("the trained model was
+    saved to '...' instead"), removed when the block ends."""
+    path = Path(str(error).split("saved to '")[1].split("'")[0])
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -39,7 +39,7 @@ from factorcl_hf.apps.search import main as search_main
 from factorcl_hf.apps.search import run_search
 from factorcl_hf.integrity import CHECKSUM_FILE, write_checksums
 from factorcl_hf.offline import build_caption_tokenizer, tiny_clip_processor
-from factorcl_hf.testing_utils import save_tiny_model
+from factorcl_hf.testing_utils import fallback_folder, save_tiny_model
 from training.train import main as train_main
 from training.train import parse_args, train
 
@@ -97,11 +97,8 @@ def test_bad01_a_full_disk_at_the_final_save_keeps_the_model(data_dir, tmp_path,
     monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", disk_full_under_the_output_dir)
     with pytest.raises(OSError, match="the trained model was saved to '([^']+)' instead") as error:
         train(parse_args(flags(data_dir, tmp_path / "run", "--max_train_steps", "1")))
-    fallback = Path(str(error.value).split("saved to '")[1].split("'")[0])
-    try:
+    with fallback_folder(error.value) as fallback:
         assert FactorCLModel.from_pretrained(fallback).config.objective == "simclr"
-    finally:
-        shutil.rmtree(fallback, ignore_errors=True)
 
 
 def test_bad02_an_unreadable_eval_image_costs_nothing(tmp_path):

@@ -27,6 +27,8 @@ def test_mean_std_and_expected_range():
     assert mean_and_std([1.0]) == (1.0, 0.0)
     mean, std = mean_and_std([1.0, 2.0, 3.0])
     assert (mean, std) == (2.0, 1.0)
-    assert expected_range(mean, std) == (0.0, 4.0)
+    assert expected_range(mean, std, bounds=(-10, 10)) == (0.0, 4.0)
+    # Accuracies and recalls: clipped to [0, 1] by default.
+    assert expected_range(0.99, 0.01) == (0.97, 1.0) and expected_range(0.01, 0.02) == (0.0, 0.05)
     with pytest.raises(ValueError):
         mean_and_std([])

@@ -17,6 +17,7 @@ from factorcl_hf import FactorCLModel
 from factorcl_hf.data.image_text import load_image_text_dataset
 from factorcl_hf.data.shapes import write_shapes_imagefolder
 from factorcl_hf.integrity import CHECKSUM_FILE
+from factorcl_hf.testing_utils import fallback_folder
 from training.train import main, parse_args, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,11 +137,8 @@ def test_a_failed_final_save_leaves_the_trained_model_at_a_named_path(data_dir, 
     monkeypatch.setattr(training.loop, "save_pretrained_atomically", disk_full_in_output_dir)
     with pytest.raises(OSError, match="the trained model was saved to '([^']+)' instead") as error:
         train(parse_args(flags(data_dir, tmp_path / "run", "--max_train_steps", "1")))
-    fallback = Path(str(error.value).split("saved to '")[1].split("'")[0])
-    try:
+    with fallback_folder(error.value) as fallback:
         assert FactorCLModel.from_pretrained(fallback).config.objective == "simclr"
-    finally:
-        shutil.rmtree(fallback, ignore_errors=True)
 
 
 @pytest.mark.parametrize("option,value,minimum", [

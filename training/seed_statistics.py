@@ -43,7 +43,7 @@ def paired_difference(first: Mapping[int, float], second: Mapping[int, float]) -
     return {"mean": mean, "std": std, "low": mean - half_width, "high": mean + half_width, "seeds": seeds}
 
 
-def expected_range(mean: float, std: float) -> tuple[float, float]:
+def expected_range(mean: float, std: float, bounds: tuple[float, float] = (0.0, 1.0)) -> tuple[float, float]:
     """The range a new run of the recipe is expected in: the mean ± 2 standard deviations
-    over the recorded seeds."""
-    return mean - 2 * std, mean + 2 * std
+    over the recorded seeds, within ``bounds`` (an accuracy or a recall lies in [0, 1])."""
+    return max(mean - 2 * std, bounds[0]), min(mean + 2 * std, bounds[1])
