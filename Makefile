@@ -36,6 +36,7 @@ demo: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m training.demo --output_dir outputs/demo
 
 test: $(STAMP) browser
+	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
 
 # The app's browser test (tests/test_app.py) drives Debian's Chromium and ChromeDriver: installed

@@ -42,6 +42,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+
 # CLIPModel first: transformers then settles that torchvision is absent, before any stub exists.
 from transformers import AutoModel, AutoProcessor, CLIPModel  # noqa: F401
 

@@ -38,8 +38,8 @@ from benchmarks._timing import add_run_arguments, apply_threads, time_side_by_si
 from benchmarks.objective_step import naive_club_critic_loss, naive_terms, relative_difference
 from benchmarks.train_step import clip_loss
 from experiments.synthetic_benchmark import BenchmarkSettings, build_model, train_model
-from factorcl_hf.research.synthetic import SyntheticSplit, make_synthetic
 from factorcl_hf.research.encoders import VectorFactorCL
+from factorcl_hf.research.synthetic import SyntheticSplit, make_synthetic
 
 VARIANTS = {  # name: (objective, critic hidden layers)
     "simclr": ("simclr", 1),

@@ -21,11 +21,11 @@ import torch
 
 from factorcl_hf.augmentations import FeatureAugmentation
 from factorcl_hf.configuration_factorcl import estimator_preset
-from factorcl_hf.research.synthetic import LATENT_NAMES, SyntheticSplit, SyntheticSplits
-from factorcl_hf.research.encoders import VectorFactorCL
-from factorcl_hf.research.club_check import club_critic_report, critic_inputs
 from factorcl_hf.evaluation.probe import latent_decoding_r2, linear_probe_accuracy
 from factorcl_hf.objectives import OBJECTIVES
+from factorcl_hf.research.club_check import club_critic_report, critic_inputs
+from factorcl_hf.research.encoders import VectorFactorCL
+from factorcl_hf.research.synthetic import LATENT_NAMES, SyntheticSplit, SyntheticSplits
 from factorcl_hf.training_step import parameter_groups, training_step
 
 __all__ = [

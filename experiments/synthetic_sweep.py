@@ -53,9 +53,9 @@ from experiments.synthetic_benchmark import (
     run_method,
 )
 from factorcl_hf.configuration_factorcl import ESTIMATOR_PRESETS, FACTORCL_TERMS, objective_spec
-from factorcl_hf.research.synthetic import SyntheticConfig, bayes_accuracy, make_synthetic
-from factorcl_hf.objectives import CLUB_GRADIENTS, CONDITIONINGS
 from factorcl_hf.evaluation.probe import linear_probe_accuracy
+from factorcl_hf.objectives import CLUB_GRADIENTS, CONDITIONINGS
+from factorcl_hf.research.synthetic import SyntheticConfig, bayes_accuracy, make_synthetic
 from training.arguments import parse_term_weights
 
 REFERENCE = dict(num_samples=30000, epochs=10, batch_size=256)

@@ -13,12 +13,13 @@ import warnings
 
 import torch
 from accelerate import Accelerator
+from transformers import AutoProcessor
+
 from factorcl_hf import FactorCLModel
 from factorcl_hf.evaluation.image_text import encode_image_text
 from factorcl_hf.evaluation.probe import linear_probe_accuracy
 from training.arguments import parse_args
 from training.loop import build_data
-from transformers import AutoProcessor
 
 
 def main(argv: list[str]) -> None:

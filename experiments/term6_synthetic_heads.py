@@ -13,10 +13,12 @@ import sys
 import warnings
 
 import torch
+
 from experiments.synthetic_benchmark import BenchmarkSettings, fit_method
 from experiments.synthetic_sweep import QUICK
-from factorcl_hf.research.synthetic import make_synthetic
 from factorcl_hf.evaluation.probe import linear_probe_accuracy
+from factorcl_hf.research.synthetic import make_synthetic
+
 ROLES = ("shared", "shared_cond", "unique", "unique_label", "unique_cond")
 
 @torch.no_grad()

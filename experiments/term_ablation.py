@@ -28,7 +28,8 @@ from pathlib import Path
 from factorcl_hf.configuration_factorcl import LAYOUT_TERMS
 from factorcl_hf.data.shapes import write_shapes_imagefolder
 from factorcl_hf.progress import hide_library_progress_bars
-from training.arguments import load_config_file, parse_args as parse_train_args
+from training.arguments import load_config_file
+from training.arguments import parse_args as parse_train_args
 from training.demo import DEFAULT_CONFIG
 from training.train import train
 

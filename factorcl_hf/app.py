@@ -30,9 +30,9 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import torch  # noqa: E402
 from transformers import AutoModel, AutoProcessor  # noqa: E402
 
-from factorcl_hf.evaluation.embed import available_embeddings, embed_image_files, extract_embeddings, load_image  # noqa: E402
 from factorcl_hf.apps.embed import image_files  # noqa: E402
 from factorcl_hf.apps.search import search_scores  # noqa: E402
+from factorcl_hf.evaluation.embed import available_embeddings, embed_image_files, extract_embeddings, load_image  # noqa: E402
 from factorcl_hf.evaluation.zero_shot import class_prompt_embeddings, zero_shot_logits  # noqa: E402
 from factorcl_hf.hub import class_names  # noqa: E402
 from factorcl_hf.integrity import check_model_path  # noqa: E402

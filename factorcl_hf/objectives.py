@@ -25,7 +25,12 @@ from torch import nn
 
 from .conditional_mean import RandomFeatureRidge
 from .configuration_factorcl import (
-    FACTORCL_TERMS, OBJECTIVE_REGISTRY, OBJECTIVES, check_term_weights, estimator_preset, objective_spec,
+    FACTORCL_TERMS,
+    OBJECTIVE_REGISTRY,
+    OBJECTIVES,
+    check_term_weights,
+    estimator_preset,
+    objective_spec,
 )
 from .distributed import gather_features
 from .estimators import (

@@ -9,6 +9,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from factorcl_hf.data.shapes import write_shapes_imagefolder  # noqa: E402
+from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config  # noqa: E402
+
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -19,9 +22,6 @@ def one_thread():
     yield
     torch.set_num_threads(previous)
 
-
-from factorcl_hf.data.shapes import write_shapes_imagefolder  # noqa: E402
-from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from factorcl_hf.app import ImageIndex, build_app, main
-from factorcl_hf.evaluation.embed import extract_embeddings
 from factorcl_hf.apps.search import run_search
+from factorcl_hf.evaluation.embed import extract_embeddings
 from factorcl_hf.evaluation.zero_shot import class_prompt_embeddings, zero_shot_logits
 from factorcl_hf.hub import build_model_card
 from factorcl_hf.testing_utils import markdown_code_blocks

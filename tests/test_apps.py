@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from factorcl_hf.evaluation.embed import extract_embeddings
 from factorcl_hf.apps.embed import run_embed
 from factorcl_hf.apps.search import run_search
+from factorcl_hf.evaluation.embed import extract_embeddings
 from factorcl_hf.evaluation.retrieval import score_matrix
 from factorcl_hf.testing_utils import save_tiny_model
 
@@ -171,6 +171,7 @@ def test_every_console_script_names_a_function_of_the_package():
     """pyproject's entry points follow the modules they name (factorcl-embed and factorcl-search
     live in factorcl_hf.apps); a stale one would install a script that fails on import."""
     import importlib
+
     import tomllib
 
     scripts = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())["project"]["scripts"]

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from factorcl_hf import FactorCLModel
-from factorcl_hf.research.synthetic import make_synthetic
-from factorcl_hf.research.encoders import VectorFactorCL
 from factorcl_hf.evaluation.probe import latent_decoding_r2
 from factorcl_hf.objectives import ClosedFormFactorCLObjective, FactorCLObjective, build_objective
+from factorcl_hf.research.encoders import VectorFactorCL
+from factorcl_hf.research.synthetic import make_synthetic
 from factorcl_hf.testing_utils import save_tiny_model
 
 

@@ -19,7 +19,6 @@ from factorcl_hf.estimators import (
 )
 
 
-
 def loop_infonce(s, w):
     n = len(s)
     return sum(s[i][i] - math.log(sum(w[i][j] * math.exp(s[i][j]) for j in range(n))) for i in range(n)) / n

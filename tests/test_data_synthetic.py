@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from factorcl_hf.research.synthetic import LATENT_VARIANCE, SyntheticConfig, bayes_accuracy, make_synthetic
 from factorcl_hf.evaluation.probe import latent_decoding_r2, linear_probe_accuracy
+from factorcl_hf.research.synthetic import LATENT_VARIANCE, SyntheticConfig, bayes_accuracy, make_synthetic
 
 NUM_SAMPLES = 4000  # 3200 train / 800 test: a chance-level probe scores 0.5 ± 0.018
 

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
+from factorcl_hf.objectives import OBJECTIVES, SimCLRObjective, build_objective
 from factorcl_hf.research.encoders import MLPEncoder, VectorFactorCL
-from factorcl_hf.objectives import OBJECTIVES, FactorCLObjective, SimCLRObjective, build_objective
 
 D1, D2, EMBED, HEAD = 7, 5, 6, 4
 TINY = dict(

@@ -9,13 +9,13 @@ from factorcl_hf.estimators import (
     CosineCritic,
     NCECLUBEstimator,
     SeparableCritic,
+    _PairwiseReluLinear,  # the fused layer behind ConcatCritic
     build_critic,
     club_upper_bound,
     condition_on,
     fit_critic,
     infonce_lower_bound,
 )
-from factorcl_hf.estimators import _PairwiseReluLinear  # the fused layer behind ConcatCritic
 
 
 def unsplit_mlp(critic: ConcatCritic) -> nn.Sequential:

@@ -15,7 +15,6 @@ from PIL import Image
 from factorcl_hf.estimators import ConcatCritic
 from factorcl_hf.evaluation.__main__ import run as run_cli
 from factorcl_hf.evaluation.embed import available_embeddings, embed_images, embed_pairs, extract_embeddings
-from factorcl_hf.research.information import estimate_label_information, label_entropy
 from factorcl_hf.evaluation.irfl import (
     IRFLItem,
     evaluate_irfl_multiple_choice,
@@ -27,6 +26,7 @@ from factorcl_hf.evaluation.irfl import (
 from factorcl_hf.evaluation.probe import linear_probe_accuracy
 from factorcl_hf.evaluation.retrieval import expected_hits, recall_at_k
 from factorcl_hf.evaluation.zero_shot import topk_accuracy, zero_shot_logits
+from factorcl_hf.research.information import estimate_label_information, label_entropy
 from factorcl_hf.testing_utils import save_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent

@@ -8,10 +8,10 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from experiments import club_critic_game, synthetic_sweep, term_ablation
 from experiments import synthetic_benchmark as bench
-from factorcl_hf.configuration_factorcl import LAYOUT_TERMS, estimator_preset
 from factorcl_hf.augmentations import FeatureAugmentation
-from factorcl_hf.research.synthetic import SyntheticSplit, SyntheticSplits, bayes_accuracy, make_synthetic
+from factorcl_hf.configuration_factorcl import LAYOUT_TERMS, estimator_preset
 from factorcl_hf.objectives import OBJECTIVES
+from factorcl_hf.research.synthetic import SyntheticSplit, SyntheticSplits, bayes_accuracy, make_synthetic
 
 DATA = dict(num_samples=80, shared_dim=2, unique_dims=(2, 2), modality_dim=8)
 TINY = dict(

@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 
 from factorcl_hf.evaluation.factorization import (
-    factorization_report, mlp_probe_accuracy, probe_attributes, save_factorization_heatmap,
+    factorization_report,
+    mlp_probe_accuracy,
+    probe_attributes,
+    save_factorization_heatmap,
 )
 from factorcl_hf.testing_utils import save_tiny_model
 

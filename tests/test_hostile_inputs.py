@@ -27,11 +27,11 @@ from hostile import (
 from safetensors.torch import load_file, save_file
 
 from factorcl_hf import FactorCLModel
-from factorcl_hf.evaluation.__main__ import main as evaluate_main
-from factorcl_hf.evaluation.__main__ import run as evaluate_run
 from factorcl_hf.apps.embed import main as embed_main
 from factorcl_hf.apps.embed import run_embed
 from factorcl_hf.apps.search import main as search_main
+from factorcl_hf.evaluation.__main__ import main as evaluate_main
+from factorcl_hf.evaluation.__main__ import run as evaluate_run
 from factorcl_hf.integrity import CHECKSUM_FILE, write_checksums
 from factorcl_hf.testing_utils import save_tiny_model
 from training.train import parse_args, train

@@ -29,14 +29,14 @@ from safetensors.torch import load_file, save_file
 
 import training.loop
 from factorcl_hf import FactorCLModel
-from factorcl_hf.checkpointing import LOCK_FILE, OutputDirLock
-from factorcl_hf.data.image_text import ImageTextCollator, load_image_text_dataset
-from factorcl_hf.data.shapes import write_shapes_imagefolder
-from factorcl_hf.evaluation.__main__ import main as evaluate_main
 from factorcl_hf.apps.embed import main as embed_main
 from factorcl_hf.apps.embed import run_embed
 from factorcl_hf.apps.search import main as search_main
 from factorcl_hf.apps.search import run_search
+from factorcl_hf.checkpointing import LOCK_FILE, OutputDirLock
+from factorcl_hf.data.image_text import ImageTextCollator, load_image_text_dataset
+from factorcl_hf.data.shapes import write_shapes_imagefolder
+from factorcl_hf.evaluation.__main__ import main as evaluate_main
 from factorcl_hf.integrity import CHECKSUM_FILE, write_checksums
 from factorcl_hf.offline import build_caption_tokenizer, tiny_clip_processor
 from factorcl_hf.testing_utils import fallback_folder, save_tiny_model

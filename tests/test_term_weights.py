@@ -6,7 +6,7 @@ import torch
 from huggingface_hub.errors import StrictDataclassClassValidationError
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
-from factorcl_hf.configuration_factorcl import FACTORCL_TERMS, LAYOUT_TERMS, OBJECTIVE_REGISTRY, estimator_preset
+from factorcl_hf.configuration_factorcl import LAYOUT_TERMS, OBJECTIVE_REGISTRY, estimator_preset
 from factorcl_hf.objectives import build_objective
 from factorcl_hf.offline import tiny_clip_config
 from training.arguments import parse_args

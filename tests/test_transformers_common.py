@@ -34,12 +34,11 @@ from unittest import mock
 
 import pytest
 import torch
+from transformers_common import load_common_tests
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
 from factorcl_hf.integrity import CHECKSUM_FILE
 from factorcl_hf.offline import tiny_clip_config, tiny_siglip_config
-
-from transformers_common import load_common_tests
 
 try:
     modeling_common, configuration_common = load_common_tests()

@@ -6,19 +6,19 @@ import importlib
 import io
 import shlex
 import shutil
-import tomllib
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from benchmarks._torchvision_stub import import_with_torchvision_stubbed
 from benchmarks.clip_benchmark_compare import write_wds
-from factorcl_hf.evaluation.embed import extract_embeddings
 from factorcl_hf.apps.search import run_search
+from factorcl_hf.evaluation.embed import extract_embeddings
 from factorcl_hf.evaluation.retrieval import evaluate_retrieval
 from factorcl_hf.hub import build_model_card
 from factorcl_hf.testing_utils import markdown_code_blocks

@@ -26,7 +26,12 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 from factorcl_hf.configuration_factorcl import (
-    ESTIMATOR_PRESETS, FACTORCL_TERMS, OBJECTIVE_REGISTRY, check_term_weights, estimator_preset, objective_spec,
+    ESTIMATOR_PRESETS,
+    FACTORCL_TERMS,
+    OBJECTIVE_REGISTRY,
+    check_term_weights,
+    estimator_preset,
+    objective_spec,
 )
 
 __all__ = ["TrainingArguments", "parse_args", "load_config_file", "given_options", "unused_options"]

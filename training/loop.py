@@ -21,8 +21,8 @@ import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.tracking import get_available_trackers
 from accelerate.utils import LoggerType, ProjectConfiguration, broadcast_object_list, set_seed
-from tqdm.auto import tqdm
 from safetensors import SafetensorError
+from tqdm.auto import tqdm
 from transformers import AutoProcessor, get_scheduler
 
 from factorcl_hf import FactorCLConfig, FactorCLModel
@@ -41,16 +41,21 @@ from factorcl_hf.checkpointing import (
 from factorcl_hf.cli import PackageRuntimeError
 from factorcl_hf.configuration_factorcl import objective_spec
 from factorcl_hf.data.image_text import (
-    ImageTextCollator, IndexedDataset, check_label_classes, check_labels, drop_undecodable_images, encode_labels,
+    ImageTextCollator,
+    IndexedDataset,
+    check_label_classes,
+    check_labels,
+    drop_undecodable_images,
+    encode_labels,
     load_image_text_dataset,
 )
 from factorcl_hf.data.shapes import DEFAULT_UNIQUE_SHARE, write_shapes_imagefolder
-from factorcl_hf.research.club_check import club_critic_report, critic_inputs, image_text_batches
 from factorcl_hf.evaluation.embed import extract_embeddings
 from factorcl_hf.evaluation.image_text import evaluate_image_text
 from factorcl_hf.hub import HUB_LICENSES, build_model_card, check_push_access, push_to_hub, validate_model_card
-from factorcl_hf.progress import hide_library_progress_bars
 from factorcl_hf.offline import build_caption_tokenizer, special_token_ids, tiny_clip_config, tiny_clip_processor
+from factorcl_hf.progress import hide_library_progress_bars
+from factorcl_hf.research.club_check import club_critic_report, critic_inputs, image_text_batches
 from factorcl_hf.training_step import parameter_groups, training_step
 from training.arguments import TrainingArguments
 from training.splits import eval_split_of

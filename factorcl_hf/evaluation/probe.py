@@ -115,9 +115,8 @@ def linear_probe_accuracy(
     if not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"`max_iter` must be a positive integer, got {max_iter!r}")
 
-    from sklearn.linear_model import LogisticRegression
-
     from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
 
     probe = _maybe_standardized(LogisticRegression(max_iter=max_iter), standardize)
     with warnings.catch_warnings(record=True) as caught:
