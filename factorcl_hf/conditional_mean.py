@@ -4,11 +4,11 @@ FactorCL's factorized preset (docs/method.md, "Closed-form factorization") defin
 representations through conditional expectations fitted in closed form once training is
 done, instead of through adversarial critics that the heads learn to evade:
 
-* Z_S of a modality is ``E[what the other modality's shared head says | this modality]``: a
-  function of this modality that can only carry what predicts the other one;
-* Z_U of a modality is the unique head minus ``E[unique head | Z_S]``: nothing that is a
-  function of the shared content is left in its conditional mean, so no linear read-out
-  recovers the shared content from it.
+* Z_S of a modality is what the other modality predicts of this one's shared head, predicted
+  back from this modality: a function of this modality that can only carry what both share;
+* Z_U of a modality is the unique head minus the part of it that the other modality predicts,
+  as a function of Z_S: no function of the shared content is left in its conditional mean, so
+  no linear read-out recovers the shared content from it.
 
 :class:`RandomFeatureRidge` approximates ``E[y | x]`` by a ridge regression on random Fourier
 features ``phi(x) = sqrt(2/D) cos(x W / bandwidth + b)`` with ``W ~ N(0, I)``, whose inner
@@ -35,7 +35,7 @@ class RandomFeatureRidge(nn.Module):
     """``E[y | x]`` by ridge regression on ``num_features`` random Fourier features of ``x``.
 
     :meth:`fit` solves the regression in float64 and sets ``fitted``; unfitted, the module
-    predicts zeros.
+    predicts zeros (its weight and target mean are zero).
 
     Args:
         in_dim / out_dim: sizes of ``x`` and ``y``.

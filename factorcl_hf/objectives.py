@@ -550,12 +550,14 @@ class ClosedFormFactorCLObjective(ContrastiveObjective):
         return bool(self.shared_projections[0].fitted)
 
     def _representation_of(self, modality: int, heads: dict[str, torch.Tensor]) -> Representation:
-        shared = F.normalize(heads[SHARED], dim=-1)
+        # Branch-free on the `fitted` buffer (a Python `if` on it would sync with the device on
+        # every forward): an unfitted eraser predicts zeros, an unfitted projection is bypassed.
+        unit = F.normalize(heads[SHARED], dim=-1)
+        projection = self.shared_projections[modality]
+        shared = torch.where(projection.fitted, projection(unit), unit)
         unique = heads[UNIQUE]
-        if self.factorization_fitted:
-            shared = self.shared_projections[modality](shared)
-            for eraser in self.unique_erasers[modality]:
-                unique = unique - eraser(shared)
+        for eraser in self.unique_erasers[modality]:
+            unique = unique - eraser(shared)
         return Representation(alignment=heads[SHARED], shared=shared, unique=unique)
 
     def represent(self, features: torch.Tensor, modality: int) -> Representation:
