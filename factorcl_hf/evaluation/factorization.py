@@ -98,8 +98,6 @@ def mlp_probe_accuracy(train_features: Any, train_labels: Any, test_features: An
     return mlp_probe_accuracies(train_features, [train_labels], test_features, [test_labels], **options)[0]
 
 
-
-
 def _check_probes(probes: Sequence[str]) -> tuple[str, ...]:
     probes = (probes,) if isinstance(probes, str) else tuple(probes)
     unknown = [p for p in probes if p not in PROBES]
